@@ -1,0 +1,29 @@
+# Every target sets itself up: on a fresh machine `make test` or `make book` is the only command.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install test book clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install mae with the book and dev extras
+
+test: install  ## run the unit, property and equivalence tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+book: install  ## build the HTML book into _build/html (warnings are errors)
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf _build .pytest_cache .hypothesis
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

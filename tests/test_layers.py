@@ -1,0 +1,48 @@
+import torch
+
+from mae.layers import MLP, Attention, Block
+
+
+def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Plain softmax(QK^T / sqrt(d)) V with separate heads, written out."""
+    B, N, D = x.shape
+    h = attn.heads
+    q, k, v = attn.qkv(x).split(D, dim=-1)
+    split = lambda t: t.view(B, N, h, D // h).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (D // h) ** 0.5, dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(B, N, D)
+    return attn.proj(out)
+
+
+def test_attention_matches_written_out_softmax():
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(3, 7, 32)
+    torch.testing.assert_close(attn(x), reference_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_permutation_equivariant():
+    """No positions inside attention: permuting tokens permutes the output (why MAE can drop
+    tokens freely once each carries its positional embedding)."""
+    torch.manual_seed(0)
+    block = Block(32, 4)
+    x = torch.randn(2, 9, 32)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(block(x)[:, perm], block(x[:, perm]), rtol=1e-5, atol=1e-5)
+
+
+def test_block_is_pre_norm_residual():
+    torch.manual_seed(0)
+    block = Block(16, 2, mlp_ratio=2.0)
+    x = torch.randn(2, 5, 16)
+    h = x + block.attn(block.norm1(x))
+    torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)))
+    assert block.mlp.fc1.out_features == 32
+
+
+def test_mlp_uses_exact_gelu():
+    mlp = MLP(4, 8)
+    x = torch.randn(3, 4)
+    expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x), approximate="none"))
+    torch.testing.assert_close(mlp(x), expected)
