@@ -60,8 +60,31 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+class ConfigBase:
+    """from_dict / to_dict / replace for the frozen config dataclasses below."""
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a config from a mapping; unknown keys and wrong types are rejected by name."""
+        if isinstance(values, cls):
+            return values
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"a {cls.__name__} must be built from a dict, got {type(values).__name__}."
+            )
+        check_types(cls, values, cls.__name__)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed, validated like `from_dict`."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
 @dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(ConfigBase):
     """Architecture and masking of a Masked Autoencoder.
 
     Defaults are the paper's ViT-B/16 encoder with its default 8-block, 512-d decoder
@@ -91,30 +114,11 @@ class MAEConfig:
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | MAEConfig) -> MAEConfig:
-        """Build a config from a mapping; unknown keys and wrong types are rejected by name."""
-        if isinstance(values, MAEConfig):
-            return values
-        if not isinstance(values, Mapping):
-            raise ConfigError(
-                f"a model config must be a dict or MAEConfig, got {type(values).__name__}."
-            )
-        check_types(cls, values, "MAEConfig")
-        return cls(**values)
-
-    @classmethod
     def preset(cls, name: str, **overrides: Any) -> MAEConfig:
         """A named preset (see `PRESETS`) with optional overrides."""
         if name not in PRESETS:
             raise unknown_key_error(name, list(PRESETS), "preset")
         return cls.from_dict({**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> MAEConfig:
-        """A copy with some fields changed, validated like `from_dict`."""
-        return self.from_dict({**self.to_dict(), **changes})
 
     # ----- derived values -----------------------------------------------------------------
     @property
@@ -219,11 +223,101 @@ def grid_step(mask_ratio: float, grid_size: int) -> int:
     return step
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTATIONS = ("rrc", "fixed", "none")
+
+
+def _f(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """Pre-training recipe (the paper's appendix A.1, scaled by the presets in `TRAIN_PRESETS`)."""
+
+    dataset: str = _f("cifar10", "cifar10, cifar100, imagenette or folder:/path")
+    train_subset: int = _f(0, "use only the first N training images (0: all)")
+    epochs: float = _f(8.0, "pre-training epochs (the schedule's length)")
+    batch_size: int = _f(256, "effective batch per optimizer step, over all ranks and accumulation")
+    accum_steps: int = _f(1, "gradient accumulation steps per optimizer step")
+    base_lr: float = _f(1e-3, "learning rate per 256 images: lr = base_lr * batch_size / 256")
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine decay")
+    warmup_epochs: float = _f(1.0, "linear warm-up, in epochs")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not on biases, norms and tokens)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2 (0.95 in the paper)")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0: off, as in the paper)")
+    augmentation: str = _f("rrc", "rrc: random-resized crop + flip; fixed: fixed-size crop + "
+                                  "flip; none (Table 1e)")
+    crop_min_scale: float = _f(0.2, "smallest crop area fraction of random-resized crop")
+    seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (+ scaler)")
+    compile: bool = _f(False, "torch.compile the model (pays on GPU, not on CPU)")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    checkpoint_every: int = _f(500, "save a checkpoint every N optimizer steps (and at the end)")
+    max_steps: int = _f(0, "stop after N optimizer steps of the full schedule (0: run it all)")
+    num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default)")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "accum_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by accum_steps "
+                              f"{self.accum_steps}: choose accum_steps among "
+                              f"{divisors(self.batch_size)[:8]}.")
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}.")
+        if self.precision not in PRECISIONS:
+            raise unknown_key_error(self.precision, list(PRECISIONS), "precision")
+        if self.augmentation not in AUGMENTATIONS:
+            raise unknown_key_error(self.augmentation, list(AUGMENTATIONS), "augmentation")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}.")
+        for name in ("base_lr", "min_lr", "warmup_epochs", "weight_decay", "grad_clip",
+                     "train_subset", "checkpoint_every", "max_steps", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class EvalConfig(ConfigBase):
+    """Evaluation of a pre-trained encoder: linear probe, kNN, fine-tuning (appendix A.2, A.3)."""
+
+    features: str = _f("cls", "encoder features for probe and kNN: cls or mean (of patch tokens)")
+    batch_size: int = _f(512, "batch size of feature extraction")
+    probe_epochs: int = _f(90, "linear probe epochs on cached features")
+    probe_lr: float = _f(0.1, "linear probe base learning rate (per 256; SGD momentum 0.9)")
+    probe_batch_size: int = _f(1024, "linear probe batch size")
+    probe_weight_decay: float = _f(0.0, "linear probe weight decay (0 in the paper)")
+    knn_k: int = _f(20, "neighbours of the kNN classifier")
+    knn_temperature: float = _f(0.07, "temperature of the kNN vote weights exp(sim / T)")
+    ft_epochs: float = _f(2.0, "fine-tuning epochs")
+    ft_batch_size: int = _f(128, "fine-tuning batch size")
+    ft_base_lr: float = _f(1e-3, "fine-tuning lr per 256 images")
+    ft_layer_decay: float = _f(0.75, "layer-wise learning-rate decay")
+    ft_weight_decay: float = _f(0.05, "fine-tuning weight decay")
+    ft_warmup_epochs: float = _f(0.2, "fine-tuning warm-up epochs")
+    ft_drop_path: float = _f(0.1, "stochastic depth rate")
+    ft_label_smoothing: float = _f(0.1, "label smoothing")
+    ft_mixup: float = _f(0.8, "mixup alpha (0: off)")
+    ft_cutmix: float = _f(1.0, "cutmix alpha (0: off)")
+    seed: int = _f(0, "seed of the probe and fine-tuning")
+
+    def __post_init__(self) -> None:
+        if self.features not in ("cls", "mean"):
+            raise unknown_key_error(self.features, ["cls", "mean"], "features")
+        if self.knn_k < 1:
+            raise ConfigError(f"knn_k must be >= 1, got {self.knn_k}.")
+        if not 0 < self.ft_layer_decay <= 1:
+            raise ConfigError(f"ft_layer_decay must be in (0, 1], got {self.ft_layer_decay}.")
+
+
 # Named presets. micro / tiny are for 32x32 CIFAR images; base / large / huge are the paper's
 # ViT-B/16, ViT-L/16 and ViT-H/14 encoders with the default 8-block, 512-d decoder.
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(img_size=32, patch_size=4, encoder_dim=128, encoder_layers=6, encoder_heads=4,
-                  decoder_dim=64, decoder_layers=2, decoder_heads=4, norm_pix_loss=True),
+                  decoder_dim=64, decoder_layers=2, decoder_heads=2, norm_pix_loss=True),
     "tiny": dict(img_size=32, patch_size=2, encoder_dim=192, encoder_layers=12, encoder_heads=3,
                  decoder_dim=128, decoder_layers=4, decoder_heads=4, norm_pix_loss=True),
     "base": dict(img_size=224, patch_size=16, encoder_dim=768, encoder_layers=12,

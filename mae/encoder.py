@@ -35,7 +35,7 @@ class PatchEmbed(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: MAEConfig) -> None:
+    def __init__(self, config: MAEConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         self.config = config
         D = config.encoder_dim
@@ -48,9 +48,13 @@ class Encoder(nn.Module):
             "pos_embed", sincos_2d(D, config.grid_size, cls_token=True).unsqueeze(0),
             persistent=False,
         )  # (1, 1 + L, D)
+        # Stochastic depth (fine-tuning only) grows linearly with depth, up to drop_path.
+        n = config.encoder_layers
+        rates = [drop_path * i / max(1, n - 1) for i in range(n)]
         self.blocks = nn.ModuleList(
-            Block(D, config.encoder_heads, config.mlp_ratio, config.qkv_bias, config.layer_norm_eps)
-            for _ in range(config.encoder_layers)
+            Block(D, config.encoder_heads, config.mlp_ratio, config.qkv_bias,
+                  config.layer_norm_eps, rate)
+            for rate in rates
         )
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
 

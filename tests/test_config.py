@@ -101,7 +101,7 @@ def test_unknown_mask_sampling():
 
 
 def test_from_dict_rejects_non_mapping():
-    with pytest.raises(ConfigError, match="must be a dict or MAEConfig"):
+    with pytest.raises(ConfigError, match="must be built from a dict"):
         MAEConfig.from_dict([("patch_size", 16)])
 
 

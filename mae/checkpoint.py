@@ -1,0 +1,90 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` only.
+
+A checkpoint is a dict of tensors and plain Python values (numbers, strings, lists, dicts): the
+model and optimizer states, the step, RNG states, and every config as a plain dict, so that a
+checkpoint is never trusted by its file name alone. Loading one built for another config fails
+with the differing keys named.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message says why and what to do."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename): a crash mid-write
+    leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save({**payload, "format_version": FORMAT_VERSION}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, expected: Mapping[str, Mapping[str, Any]] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        expected: optional ``{"model": config_dict, ...}``; each named section must equal the
+            checkpoint's, or a `CheckpointError` names the differing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path, or start "
+                              f"without --resume.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} contains pickled Python objects that weights_only loading refuses "
+            f"({str(e).splitlines()[0]}). Only tensors and plain values are trusted; re-save it "
+            f"from the state dicts, or delete it."
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Delete it and resume from an earlier "
+            f"checkpoint, or retrain."
+        ) from e
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path} is not an mae checkpoint (no format_version); load plain "
+                              f"state dicts with mae.convert.load_weights instead.")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this "
+                              f"mae ({FORMAT_VERSION}): upgrade mae.")
+    for section, want in (expected or {}).items():
+        check_config(ckpt.get("config", {}).get(section, {}), want, f"{path} ({section} config)")
+    return ckpt
+
+
+def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` naming every key whose value differs."""
+    keys = sorted(set(found) | set(want))
+    diffs = [f"{k}: checkpoint {found.get(k, '<absent>')!r} vs requested {want.get(k, '<absent>')!r}"
+             for k in keys if found.get(k, "<absent>") != want.get(k, "<absent>")]
+    if diffs:
+        raise CheckpointError(
+            f"{where} was made with another config; differing keys: {'; '.join(diffs)}. Use the "
+            f"checkpoint's config, or start a new run in another output folder."
+        )

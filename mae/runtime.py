@@ -1,0 +1,85 @@
+"""Where and how code runs: the device (chosen once, here), precision policy, distributed setup,
+and the seeds that make every random draw a function of (seed, step) alone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# Independent random streams derived from one seed.
+STREAM_INIT, STREAM_ORDER, STREAM_AUG, STREAM_PROBE, STREAM_FT = range(5)
+
+
+def seed_for(seed: int, index: int, stream: int) -> int:
+    """A 63-bit seed for draw ``index`` of ``stream``: the same on every rank and every resume."""
+    return (seed * 1_000_003 + index * 16 + stream) % (2**63 - 1)
+
+
+def generator(seed: int, index: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(seed, index, stream))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: this rank's GPU if there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here: use "
+                           f"device=auto or cpu.")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for float32. ``auto`` is bf16 on CUDA and float32 on CPU,
+    where bf16 matmuls are emulated and an order of magnitude slower."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(device_name)
+    if world == 1:
+        return Dist(), device
+    info = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    return info, device
+
+
+def all_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in one process)."""
+    if info.world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= info.world
+    return value

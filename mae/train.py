@@ -1,0 +1,280 @@
+"""MAE pre-training (the paper's appendix A.1): AdamW, warm-up + cosine, exact resume, DDP.
+
+Every random draw of a step (which images, their crops and flips, their masks) is a function of
+(seed, step) alone, drawn for the whole global batch and then sliced per rank. So a run resumed
+from a checkpoint continues bit for bit, and two ranks with half the batch each see exactly what
+one process with the whole batch sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import check_config, load_checkpoint, save_checkpoint
+from .config import ConfigError, MAEConfig, TrainConfig
+from .data import ImageDataset, augment, crop_boxes, load_dataset, resize_batch
+from .masking import sample_noise
+from .model import MAE
+from .runtime import (
+    STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype, generator,
+    init_distributed, seed_for,
+)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ----- schedule and optimizer -----------------------------------------------------------------
+def lr_at(step: int, total: int, warmup: int, peak: float, final: float = 0.0) -> float:
+    """Linear warm-up for ``warmup`` steps, then half-cosine from ``peak`` to ``final``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, norms, or the CLS / mask tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith("token") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----- batches --------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=generator(seed, epoch, STREAM_ORDER))
+
+
+def draw_batch(
+    data: ImageDataset, order: torch.Tensor, start: int, size: int, out_size: int,
+    config: MAEConfig, tc: TrainConfig, index: int, info: Dist,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global micro-batch [start, start + size) of an epoch's order, augmented and with its
+    masking noise, drawn whole from (seed, index) and then sliced to this rank's share."""
+    g = generator(tc.seed, index, STREAM_AUG)
+    H = data.images.shape[-1]
+    if tc.augmentation == "rrc":
+        boxes = crop_boxes(size, H, H, g, scale=(tc.crop_min_scale, 1.0))
+    elif tc.augmentation == "fixed":  # a fixed-size crop (7/8 of the side) at a random place
+        side = round(H * 7 / 8)
+        offset = torch.randint(0, H - side + 1, (size, 2), generator=g).float()
+        boxes = torch.cat([offset, torch.full((size, 2), float(side))], dim=1)
+    else:
+        boxes = None
+    flips = torch.rand(size, generator=g) < 0.5
+    noise = sample_noise(config.mask_sampling, size, config.grid_size, config.mask_ratio,
+                         generator=g)  # (size, L)
+    share = size // info.world
+    mine = slice(info.rank * share, (info.rank + 1) * share)
+    idx = order[start:start + size][mine].to(data.images.device)
+    images = data.images[idx]
+    if boxes is None:
+        x = resize_batch(images, out_size, data.mean, data.std)
+    else:
+        x = augment(images, out_size, boxes[mine], flips[mine], data.mean, data.std)
+    return x, noise[mine].to(x.device)
+
+
+# ----- checkpoint state -----------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """history.csv and history.json, each written atomically."""
+    if not history:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    for name, text in (("history.csv", buf.getvalue()), ("history.json", json.dumps(history))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+
+
+# ----- the loop -------------------------------------------------------------------------------
+def pretrain(
+    model_config: MAEConfig | Mapping[str, Any], train_config: TrainConfig | Mapping[str, Any],
+    out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+    dataset: ImageDataset | None = None, data_root: str | None = None, download: bool = False,
+) -> dict[str, Any]:
+    """Pre-train an MAE and return its metrics; the model is in ``metrics["model"]``.
+
+    With ``out_dir``, checkpoints (``checkpoint.pt``) and the loss history are written there, and
+    ``resume=True`` continues from the checkpoint if one exists.
+    """
+    mc = MAEConfig.from_dict(model_config)
+    tc = TrainConfig.from_dict(train_config)
+    info, device = init_distributed(tc.device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    micro = tc.batch_size // tc.accum_steps
+    if micro % info.world:
+        raise ConfigError(
+            f"batch_size {tc.batch_size} / accum_steps {tc.accum_steps} = {micro} images per "
+            f"micro-batch cannot be split evenly over {info.world} ranks: choose a batch_size "
+            f"divisible by accum_steps * world size = {tc.accum_steps * info.world}."
+        )
+    data = dataset if dataset is not None else load_dataset(
+        tc.dataset, "train", data_root, img_size=None if tc.dataset.startswith("cifar") else
+        mc.img_size, download=download)
+    if tc.train_subset:
+        data = data.subset(tc.train_subset)
+    if data.images.shape[1] != mc.in_chans:
+        raise ConfigError(f"{data.name} has {data.images.shape[1]} channels but in_chans is "
+                          f"{mc.in_chans}.")
+    data.to(device)
+    steps_per_epoch = len(data) // tc.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"batch_size {tc.batch_size} exceeds the {len(data)} training images: "
+                          f"lower batch_size or use more data.")
+    total = max(1, round(tc.epochs * steps_per_epoch))
+    warmup = round(tc.warmup_epochs * steps_per_epoch)
+    stop = min(total, tc.max_steps) if tc.max_steps else total
+    peak_lr = tc.base_lr * tc.batch_size / 256
+
+    torch.manual_seed(seed_for(tc.seed, 0, STREAM_INIT))
+    model = MAE(mc).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=peak_lr,
+                                  betas=(tc.beta1, tc.beta2))
+    amp = autocast_dtype(tc.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    configs = {"model": mc.to_dict(), "train": tc.to_dict()}
+
+    out = Path(out_dir) if out_dir is not None else None
+    start, history, wall_before = 0, [], 0.0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / CHECKPOINT).is_file():
+            ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
+                                   map_location=device)
+            _check_resumable(ckpt["config"]["train"], configs["train"])
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
+    net = model
+    if info.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    def save(step: int) -> None:
+        if out is not None and info.main:
+            save_checkpoint(out / CHECKPOINT, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
+                "history": history, "config": configs,
+                "wall_time": wall_before + time.perf_counter() - t0,
+            })
+            write_history(out, history)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
+               disable=not (progress and info.main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    model.train()
+    order, order_epoch = None, -1
+    for step in range(start, stop):
+        t_step = time.perf_counter()
+        epoch, within = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(data), tc.seed, epoch), epoch
+        lr = lr_at(step, total, warmup, peak_lr, tc.min_lr * tc.batch_size / 256)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        for k in range(tc.accum_steps):
+            images, noise = draw_batch(data, order, within * tc.batch_size + k * micro, micro,
+                                       mc.img_size, mc, tc, step * tc.accum_steps + k, info)
+            last = k == tc.accum_steps - 1
+            sync = net.no_sync() if info.world > 1 and not last else contextlib.nullcontext()
+            with sync, autocast(device, amp):
+                loss = net(images, noise=noise).loss / tc.accum_steps
+            scaler.scale(loss).backward()
+            step_loss += loss.detach()
+        step_loss = all_mean(step_loss, info)
+        value = step_loss.item()
+        if not math.isfinite(value):
+            bar.close()
+            raise NonFiniteLossError(
+                f"loss became {value} at step {step} (epoch {step / steps_per_epoch:.2f}, lr "
+                f"{lr:.3g}); the last good checkpoint is kept. Lower base_lr, use fp32 or bf16 "
+                f"instead of fp16, or set grad_clip."
+            )
+        if tc.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t_step
+        history.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
+                        "loss": value, "lr": lr, "images_per_s": tc.batch_size / seconds})
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}",
+                        img_s=f"{tc.batch_size / seconds:.0f}", refresh=False)
+        bar.update()
+        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < stop:
+            save(step + 1)
+    bar.close()
+    if stop > start or (out is not None and not (out / CHECKPOINT).is_file()):
+        save(stop)
+    wall = wall_before + time.perf_counter() - t0
+    done = history[-steps_per_epoch:] if history else []
+    return {
+        "model": model, "steps": stop, "total_steps": total, "epochs": stop / steps_per_epoch,
+        "final_loss": float(np.mean([h["loss"] for h in done])) if done else float("nan"),
+        "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
+        "history": history, "device": str(device), "precision": str(amp or torch.float32),
+        "world_size": info.world, "data": data.fingerprint(),
+    }
+
+
+def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
+    """The recipe must match to resume; how far to run (max_steps) and checkpointing may change."""
+    free = {"max_steps", "checkpoint_every", "num_threads", "device", "compile"}
+    check_config({k: v for k, v in found.items() if k not in free},
+                 {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)")
+
+
