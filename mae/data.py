@@ -13,6 +13,7 @@ no worker processes, no per-sample Python.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -188,14 +189,16 @@ def _load_cifar(name: str, split: str, root: Path, download: bool) -> ImageDatas
 # ----- image folders (Imagenette, ImageNet subsets) -------------------------------------------
 def _decode(data: bytes, size: int, where: str) -> torch.Tensor:
     """JPEG/PNG bytes -> (3, size, size) uint8: shorter side resized to size, centre crop."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2.functional import center_crop, resize
 
     try:
-        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
-    except RuntimeError as e:
+        with Image.open(io.BytesIO(data)) as pil:
+            array = np.asarray(pil.convert("RGB"))  # greyscale and CMYK images become RGB
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"cannot decode image {where} ({e}): the file is corrupted; delete or "
                         f"replace it.") from e
+    img = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, h, w)
     img = resize(img, [size], antialias=True)
     return center_crop(img, [size, size])
 

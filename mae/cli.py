@@ -1,0 +1,231 @@
+"""Command line: ``python -m mae pretrain | probe | knn | finetune | visualize``.
+
+Configs come from a named preset plus ``--set key=value`` overrides for the model, and one flag per
+training / evaluation field; all of them go through the same ``from_dict`` validation as the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, ConfigError, EvalConfig, MAEConfig, TrainConfig
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["mask_ratio=0.5", "norm_pix_loss=false"]`` -> typed dict (YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set mask_ratio=0.5).")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        if f.type == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def collect(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=1, sort_keys=True, default=str)
+    print(text)
+    if path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, target)
+
+
+def load_model(checkpoint: str):
+    """The MAE and configs stored in a pre-training checkpoint (or a run folder)."""
+    from .checkpoint import load_checkpoint
+    from .model import MAE
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    model = MAE(ckpt["config"]["model"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["config"]
+
+
+def datasets_for(args, train_config: dict[str, Any], img_size: int):
+    from .data import load_dataset
+
+    name = args.dataset or train_config.get("dataset", "cifar10")
+    size = None if name.startswith("cifar") else img_size
+    train = load_dataset(name, "train", args.data_root, size, args.download)
+    test = load_dataset(name, "test", args.data_root, size, args.download)
+    return train, test
+
+
+# ----- commands -------------------------------------------------------------------------------
+def cmd_pretrain(args) -> int:
+    from .train import pretrain
+
+    model_config = MAEConfig.preset(args.preset, **parse_overrides(args.set))
+    train_config = TrainConfig.from_dict(collect(args, TrainConfig))
+    metrics = pretrain(model_config, train_config, args.out, resume=args.resume,
+                       progress=not args.no_progress, data_root=args.data_root,
+                       download=args.download)
+    metrics.pop("model")
+    metrics.pop("history")
+    metrics["checkpoint"] = str(Path(args.out) / "checkpoint.pt")
+    write_json(str(Path(args.out) / "pretrain_metrics.json"), metrics)
+    return 0
+
+
+def cmd_frozen(args) -> int:
+    from .evaluate import extract_features, knn_classify, linear_probe
+
+    model, configs = load_model(args.checkpoint)
+    ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    train, test = datasets_for(args, configs["train"], model.config.img_size)
+    tr = extract_features(model, train, ec.features, ec.batch_size)
+    te = extract_features(model, test, ec.features, ec.batch_size)
+    if args.command == "probe":
+        metrics = linear_probe(tr, te, train.num_classes, ec)
+    else:
+        metrics = knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature)
+    write_json(args.out, {**metrics, "checkpoint": args.checkpoint, "eval": ec.to_dict()})
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .evaluate import finetune
+
+    if args.checkpoint:
+        model, configs = load_model(args.checkpoint)
+        config, state = model.config, model.encoder.state_dict()
+    else:
+        config, state, configs = MAEConfig.preset(args.preset, **parse_overrides(args.set)), None, {}
+    ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    train, test = datasets_for(args, configs.get("train", {}), config.img_size)
+    metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
+    write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
+                          "eval": ec.to_dict()})
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    import torch
+
+    from .visualize import dataset_images, plot_reconstructions, reconstruct
+
+    model, configs = load_model(args.checkpoint)
+    model.eval()
+    _, test = datasets_for(args, configs["train"], model.config.img_size)
+    images = dataset_images(test, args.num, args.seed)
+    rec = reconstruct(model, images, test.mean, test.std, args.mask_ratio,
+                      generator=torch.Generator().manual_seed(args.seed))
+    ratio = model.config.mask_ratio if args.mask_ratio is None else args.mask_ratio
+    fig = plot_reconstructions(rec, f"{Path(args.checkpoint).name}: {ratio:.0%} masked")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(args.out)
+    return 0
+
+
+# ----- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mae",
+        description="Masked Autoencoders: pre-train, evaluate and look at reconstructions.",
+        epilog=f"Data is read from $MAE_DATA (or --data-root). Model presets: {', '.join(PRESETS)}.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_flags(p):
+        p.add_argument("--data-root", help="dataset folder (default: $MAE_DATA)")
+        p.add_argument("--download", action="store_true", help="download missing data")
+
+    def model_flags(p):
+        p.add_argument("--preset", default="micro", choices=sorted(PRESETS),
+                       help="model preset (default: micro)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a model config field, e.g. --set mask_ratio=0.5 (repeatable)")
+
+    p = sub.add_parser("pretrain", help="pre-train an MAE; resumable",
+                       description="Pre-train an MAE. Writes checkpoint.pt, history.csv/json and "
+                                   "pretrain_metrics.json into --out.")
+    model_flags(p)
+    add_dataclass_flags(p, TrainConfig, "training recipe")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and history")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data_flags(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    for name, text in (("probe", "linear probe (BatchNorm without affine + linear) on frozen "
+                                 "features"),
+                       ("knn", "weighted kNN classifier on frozen features")):
+        p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        p.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+        p.add_argument("--dataset", help="dataset (default: the one it was pre-trained on)")
+        add_dataclass_flags(p, EvalConfig, "evaluation")
+        p.add_argument("--out", help="also write the metrics JSON here")
+        data_flags(p)
+        p.set_defaults(func=cmd_frozen)
+
+    p = sub.add_parser("finetune", help="fine-tune end to end (from a checkpoint or random init)",
+                       description="Fine-tune the encoder end to end and report test top-1.")
+    p.add_argument("--checkpoint", help="pre-trained checkpoint; omit to start from random init")
+    model_flags(p)
+    p.add_argument("--dataset", help="dataset (default: the pre-training one, or cifar10)")
+    add_dataclass_flags(p, EvalConfig, "evaluation")
+    p.add_argument("--out", help="also write the metrics JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("visualize", help="draw reconstructions of test images to a PNG",
+                       description="Draw original / masked / reconstruction for test images.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--num", type=int, default=6, help="number of images (default: 6)")
+    p.add_argument("--mask-ratio", type=float, help="mask ratio (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="which images and masks (default: 0)")
+    p.add_argument("--dataset", help="dataset (default: the pre-training one)")
+    data_flags(p)
+    p.set_defaults(func=cmd_visualize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

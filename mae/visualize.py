@@ -1,0 +1,89 @@
+"""Reconstructions as pictures.
+
+A model trained with the norm-pix loss predicts each hidden patch *normalised by its own mean and
+variance*, which the model cannot know. To draw its prediction we de-normalise with statistics of
+the *visible* patches of the same image (their mean of means and mean of standard deviations).
+Using the hidden patch's own statistics would leak the answer into the picture (PAPER.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .data import ImageDataset, normalize
+from .loss import NORM_PIX_EPS
+from .model import MAE
+from .patches import patchify, unpatchify
+
+
+class Reconstruction(NamedTuple):
+    original: torch.Tensor  # (B, C, H, W) in [0, 1]
+    masked: torch.Tensor  # (B, C, H, W) hidden patches grey
+    prediction: torch.Tensor  # (B, C, H, W) the decoder's output for every patch
+    pasted: torch.Tensor  # (B, C, H, W) visible patches + predicted hidden ones
+    mask: torch.Tensor  # (B, L) 1 = hidden
+
+
+@torch.no_grad()
+def reconstruct(
+    model: MAE, images: torch.Tensor, mean, std, mask_ratio: float | None = None,
+    noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+) -> Reconstruction:
+    """Mask, reconstruct and convert back to [0, 1] pixels.
+
+    images: (B, C, H, W) uint8 (or [0, 1] floats); mean / std: the normalisation used in training.
+    """
+    c = model.config
+    p = c.patch_size
+    x = normalize(images, mean, std).to(next(model.parameters()).device)
+    _, pred, mask = model(x, mask_ratio=mask_ratio, noise=noise, generator=generator)
+    target = patchify(x, p)  # (B, L, P) normalised pixels
+    if c.norm_pix_loss:
+        visible = (1 - mask).unsqueeze(-1)  # (B, L, 1)
+        count = visible.sum(1, keepdim=True)  # (B, 1, 1)
+        mu = (target.mean(-1, keepdim=True) * visible).sum(1, keepdim=True) / count  # (B, 1, 1)
+        sd = ((target.var(-1, keepdim=True) + NORM_PIX_EPS).sqrt() * visible).sum(1, keepdim=True) / count
+        pred = pred * sd + mu  # (B, L, P)
+    hidden = mask.unsqueeze(-1)  # (B, L, 1)
+    grid = (c.grid_size, c.grid_size)
+
+    def to_pixels(patches: torch.Tensor) -> torch.Tensor:
+        img = unpatchify(patches, p, grid, c.in_chans)  # (B, C, H, W) normalised
+        m = torch.tensor(mean, device=img.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=img.device).view(1, -1, 1, 1)
+        return (img * s + m).clamp(0, 1).cpu()
+
+    grey = (0.5 - torch.tensor(mean, device=x.device)) / torch.tensor(std, device=x.device)
+    grey = grey.repeat(p * p)  # (P,) the same grey for every pixel, channels last
+    return Reconstruction(
+        original=to_pixels(target), masked=to_pixels(target * (1 - hidden) + grey * hidden),
+        prediction=to_pixels(pred), pasted=to_pixels(target * (1 - hidden) + pred * hidden),
+        mask=mask.cpu(),
+    )
+
+
+def plot_reconstructions(rec: Reconstruction, title: str = ""):
+    """A figure with one row per image: original, masked, prediction, prediction + visible."""
+    import matplotlib.pyplot as plt
+
+    n = rec.original.shape[0]
+    columns = [("original", rec.original), ("masked", rec.masked),
+               ("reconstruction", rec.prediction), ("reconstruction + visible", rec.pasted)]
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n + 0.4), squeeze=False)
+    for j, (name, imgs) in enumerate(columns):
+        axes[0, j].set_title(name, fontsize=9)
+        for i in range(n):
+            axes[i, j].imshow(imgs[i].permute(1, 2, 0).numpy())
+            axes[i, j].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dataset_images(data: ImageDataset, count: int, seed: int = 0) -> torch.Tensor:
+    """A reproducible sample of ``count`` images (uint8)."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    return data.images[idx]

@@ -1,0 +1,167 @@
+"""Pre-training engine: schedule, exact resume after SIGKILL, DDP equivalence, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL, needs_cifar
+from mae import ConfigError, MAEConfig
+from mae.checkpoint import CheckpointError, load_checkpoint
+from mae.data import ImageDataset
+from mae.config import TrainConfig
+from mae.train import NonFiniteLossError, lr_at, param_groups, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_FLAGS = [f"--set={k}={v}" for k, v in SMALL.items()]
+TRAIN = dict(dataset="cifar10", train_subset=512, epochs=1.5, batch_size=64, warmup_epochs=0.5,
+             checkpoint_every=2, num_threads=1)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mae", "pretrain", *MODEL_FLAGS, "--no-progress", *args]
+
+
+def train_flags(**overrides) -> list[str]:
+    return [f"--{k.replace('_', '-')}={v}" for k, v in {**TRAIN, **overrides}.items()]
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.55)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] > 0.1 and lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_groups_skip_norms_biases_tokens():
+    from mae import MAE
+
+    model = MAE(SMALL)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"])
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert "encoder.cls_token" in skipped and "decoder.mask_token" in skipped
+    assert "encoder.norm.weight" in skipped and "encoder.blocks.0.attn.qkv.bias" in skipped
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError, match="batch_size 100 is not divisible by accum_steps 3"):
+        TrainConfig(batch_size=100, accum_steps=3)
+    with pytest.raises(ConfigError, match="Did you mean 'bf16'"):
+        TrainConfig(precision="bf61")
+    with pytest.raises(ConfigError, match="unknown TrainConfig key 'epoch'.*'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+@needs_cifar
+def test_loss_falls_and_run_is_reproducible(tmp_path):
+    a = pretrain(SMALL, {**TRAIN, "epochs": 2.0}, tmp_path / "a", progress=False)
+    losses = [h["loss"] for h in a["history"]]
+    assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4])
+    b = pretrain(SMALL, {**TRAIN, "epochs": 2.0}, None, progress=False)
+    assert [h["loss"] for h in b["history"]] == losses
+    assert (tmp_path / "a" / "history.csv").read_text().count("\n") == 17
+    assert a["data"]["sha256"] and a["data"]["num_images"] == 512
+
+
+@needs_cifar
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = tmp_path / "full"
+    subprocess.run(cli(*train_flags(), f"--out={full}"), check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli(*train_flags(), f"--out={killed}"), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a checkpoint past step 4 exists, then kill
+        history = killed / "history.json"
+        if history.is_file() and len(json.loads(history.read_text())) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    interrupted_at = load_checkpoint(killed / "checkpoint.pt")["step"]
+    assert 4 <= interrupted_at < 12
+    subprocess.run(cli(*train_flags(), f"--out={killed}", "--resume"), check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+    a = load_checkpoint(full / "checkpoint.pt")
+    b = load_checkpoint(killed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+@needs_cifar
+def test_ddp_two_ranks_match_one_process(tmp_path):
+    """torchrun, 2 CPU ranks (gloo), 32 images each == one process with 64 images."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    flags = train_flags(epochs=0.5, checkpoint_every=0)  # 4 steps
+    single = tmp_path / "single"
+    subprocess.run(cli(*flags, f"--out={single}"), check=True, env=env, capture_output=True,
+                   cwd=ROOT)
+    ddp = tmp_path / "ddp"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "mae", "pretrain", *MODEL_FLAGS, "--no-progress", *flags, f"--out={ddp}"],
+        env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = load_checkpoint(single / "checkpoint.pt")
+    b = load_checkpoint(ddp / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-5)
+    for x, y in zip(a["history"], b["history"]):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+    metrics = json.loads((ddp / "pretrain_metrics.json").read_text())
+    assert metrics["world_size"] == 2
+
+
+@needs_cifar
+def test_batch_not_divisible_across_ranks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "mae", "pretrain", *MODEL_FLAGS, "--no-progress",
+         *train_flags(batch_size=63, accum_steps=1), f"--out={tmp_path}"],
+        env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode != 0
+    assert "63 images per micro-batch cannot be split evenly over 2 ranks" in run.stderr
+
+
+@needs_cifar
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_train):
+    data = cifar_train.subset(512)
+    pretrain(SMALL, {**TRAIN, "max_steps": 4}, tmp_path, dataset=data, progress=False)
+    good = load_checkpoint(tmp_path / "checkpoint.pt")
+    poisoned = ImageDataset("poisoned", "train", torch.full((512, 3, 32, 32), float("nan")),
+                            data.labels, data.classes, data.mean, data.std)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 4 .*last good checkpoint"):
+        pretrain(SMALL, TRAIN, tmp_path, resume=True, dataset=poisoned, progress=False)
+    after = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert after["step"] == good["step"] == 4
+    for key in good["model"]:
+        assert torch.equal(good["model"][key], after["model"][key])
+
+
+@needs_cifar
+def test_resume_with_another_config_is_refused(tmp_path, cifar_train):
+    data = cifar_train.subset(512)
+    pretrain(SMALL, {**TRAIN, "max_steps": 2}, tmp_path, dataset=data, progress=False)
+    with pytest.raises(CheckpointError, match=r"differing keys: mask_ratio: checkpoint 0.75 vs "
+                                              r"requested 0.5"):
+        pretrain({**SMALL, "mask_ratio": 0.5}, TRAIN, tmp_path, resume=True, dataset=data,
+                 progress=False)
+    with pytest.raises(CheckpointError, match=r"base_lr: checkpoint 0.001 vs requested 0.002"):
+        pretrain(SMALL, {**TRAIN, "base_lr": 2e-3}, tmp_path, resume=True, dataset=data,
+                 progress=False)

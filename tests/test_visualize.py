@@ -1,0 +1,35 @@
+import torch
+
+from conftest import SMALL
+from mae import MAE, MAEConfig, patchify, unpatchify
+from mae.visualize import plot_reconstructions, reconstruct
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def test_norm_pix_pictures_do_not_leak_hidden_statistics():
+    """The drawn prediction depends on visible pixels only: changing hidden patches changes
+    nothing (de-normalising with the hidden target's own statistics would fail this)."""
+    model = MAE(MAEConfig.from_dict({**SMALL, "norm_pix_loss": True})).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    noise = torch.rand(2, 64)
+    a = reconstruct(model, images, MEAN, STD, noise=noise)
+    patches = patchify(images.float(), 4)
+    patches[a.mask.bool()] = 255 - patches[a.mask.bool()]
+    changed = unpatchify(patches, 4).to(torch.uint8)
+    b = reconstruct(model, changed, MEAN, STD, noise=noise)
+    torch.testing.assert_close(a.prediction, b.prediction)
+    assert not torch.equal(a.original, b.original)
+    # Visible patches are pasted back unchanged.
+    visible = ~a.mask.bool()
+    torch.testing.assert_close(patchify(a.pasted, 4)[visible], patchify(a.original, 4)[visible])
+    assert a.original.min() >= 0 and a.original.max() <= 1
+    torch.testing.assert_close(a.original, images.float() / 255, atol=1e-5, rtol=0)
+
+
+def test_plot_has_a_row_per_image():
+    model = MAE(MAEConfig.from_dict(SMALL)).eval()
+    rec = reconstruct(model, torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8), MEAN, STD,
+                      generator=torch.Generator().manual_seed(0))
+    fig = plot_reconstructions(rec, "test")
+    assert len(fig.axes) == 12
