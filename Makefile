@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test book clean
+.PHONY: help install test book ablations report bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -23,6 +23,18 @@ test: install  ## run the unit, property and equivalence tests
 
 book: install  ## build the HTML book into _build/html (warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+
+SWEEPS ?= mask_ratio decoder_depth
+TIER ?= cpu
+ablations: install  ## run the sweeps $(SWEEPS) at tier $(TIER) with papermill (resumable)
+	@status=0; for sweep in $(SWEEPS); do \
+		$(BIN)/python -m mae ablate $$sweep --tier $(TIER) || status=1; done; exit $$status
+
+report: install  ## regenerate results/tables and results/figures from results/runs
+	$(BIN)/python -m mae report
+
+bench: install  ## data pipeline vs train step throughput (BENCH_ARGS=--smoke for a quick check)
+	$(BIN)/python benchmarks/data_pipeline.py $(BENCH_ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf _build .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mae pretrain | probe | knn | finetune | visualize``.
+"""Command line: ``python -m mae pretrain | probe | knn | finetune | visualize | ablate | report``.
 
 Configs come from a named preset plus ``--set key=value`` overrides for the model, and one flag per
 training / evaluation field; all of them go through the same ``from_dict`` validation as the API.
@@ -26,7 +26,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set mask_ratio=0.5).")
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-06" as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
@@ -99,35 +105,45 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def model_for(args):
+    """From --checkpoint, or the random initialisation of --preset / --set with --init-seed."""
+    if args.checkpoint:
+        return load_model(args.checkpoint)
+    from .train import init_model
+
+    config = MAEConfig.preset(args.preset, **parse_overrides(args.set))
+    return init_model(config, args.init_seed), {}
+
+
 def cmd_frozen(args) -> int:
     from .evaluate import extract_features, knn_classify, linear_probe
 
-    model, configs = load_model(args.checkpoint)
+    model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
-    train, test = datasets_for(args, configs["train"], model.config.img_size)
+    train, test = datasets_for(args, configs.get("train", {}), model.config.img_size)
     tr = extract_features(model, train, ec.features, ec.batch_size)
     te = extract_features(model, test, ec.features, ec.batch_size)
     if args.command == "probe":
         metrics = linear_probe(tr, te, train.num_classes, ec)
     else:
         metrics = knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature)
-    write_json(args.out, {**metrics, "checkpoint": args.checkpoint, "eval": ec.to_dict()})
+    write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
+                          "model": model.config.to_dict(), "eval": ec.to_dict(),
+                          "data": train.fingerprint()})
     return 0
 
 
 def cmd_finetune(args) -> int:
     from .evaluate import finetune
 
-    if args.checkpoint:
-        model, configs = load_model(args.checkpoint)
-        config, state = model.config, model.encoder.state_dict()
-    else:
-        config, state, configs = MAEConfig.preset(args.preset, **parse_overrides(args.set)), None, {}
+    model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    config, state = model.config, model.encoder.state_dict()
     train, test = datasets_for(args, configs.get("train", {}), config.img_size)
     metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
-                          "eval": ec.to_dict()})
+                          "model": config.to_dict(), "eval": ec.to_dict(),
+                          "data": train.fingerprint()})
     return 0
 
 
@@ -150,6 +166,27 @@ def cmd_visualize(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .ablate import project_root, run_sweep, sweep_names
+
+    root = project_root()
+    sweeps = sweep_names(root) if args.sweep == "all" else [args.sweep]
+    results = Path(args.results) if args.results else None
+    failed = 0
+    for sweep in sweeps:
+        failed += run_sweep(sweep, args.tier, args.dataset, args.seeds, results, root,
+                            log=lambda line: print(line, flush=True))
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .ablate import report
+
+    paths = report(Path(args.results) if args.results else None)
+    print(f"wrote {len(paths)} files")
+    return 0
+
+
 # ----- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -169,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --set mask_ratio=0.5 (repeatable)")
 
+    def init_flags(p):
+        p.add_argument("--checkpoint", help="pre-trained checkpoint.pt or its run folder; omit "
+                                            "for the random-init baseline of --preset / --set")
+        model_flags(p)
+        p.add_argument("--init-seed", type=int, default=0,
+                       help="seed of the random initialisation (that of pretrain --seed)")
+
     p = sub.add_parser("pretrain", help="pre-train an MAE; resumable",
                        description="Pre-train an MAE. Writes checkpoint.pt, history.csv/json and "
                                    "pretrain_metrics.json into --out.")
@@ -184,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "features"),
                        ("knn", "weighted kNN classifier on frozen features")):
         p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
-        p.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+        init_flags(p)
         p.add_argument("--dataset", help="dataset (default: the one it was pre-trained on)")
         add_dataclass_flags(p, EvalConfig, "evaluation")
         p.add_argument("--out", help="also write the metrics JSON here")
@@ -193,8 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune end to end (from a checkpoint or random init)",
                        description="Fine-tune the encoder end to end and report test top-1.")
-    p.add_argument("--checkpoint", help="pre-trained checkpoint; omit to start from random init")
-    model_flags(p)
+    init_flags(p)
     p.add_argument("--dataset", help="dataset (default: the pre-training one, or cifar10)")
     add_dataclass_flags(p, EvalConfig, "evaluation")
     p.add_argument("--out", help="also write the metrics JSON here")
@@ -212,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default: the pre-training one)")
     data_flags(p)
     p.set_defaults(func=cmd_visualize)
+    p = sub.add_parser("ablate", help="run a sweep of ablation/*.yaml with papermill",
+                       description="Execute notebooks/ablation.ipynb with papermill once per "
+                                   "point and seed of a sweep. Finished points are skipped; a "
+                                   "failing point is recorded (error.json) and the others still "
+                                   "run; the exit status is 1 if any point failed.")
+    p.add_argument("sweep", help="sweep name (a file in ablations/), or 'all'")
+    p.add_argument("--tier", required=True,
+                   help="smoke, cpu, gpu-quick, gpu or paper (see ablations/tiers.yaml)")
+    p.add_argument("--dataset", help="a dataset of the tier (default: its first, cifar10)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the tier's)")
+    p.add_argument("--results", help="results folder (default: results/)")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="tables and figures from the run folders",
+                       description="Turn results/runs/ into results/tables/*.csv, *.md and "
+                                   "results/figures/*.png (byte-identical on a rerun).")
+    p.add_argument("--results", help="results folder (default: results/)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

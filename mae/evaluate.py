@@ -18,7 +18,7 @@ from .data import ImageDataset, augment, crop_boxes, resize_batch
 from .encoder import Encoder
 from .model import MAE
 from .runtime import STREAM_FT, STREAM_PROBE, autocast, generator, seed_for
-from .train import lr_at
+from .train import init_model, lr_at
 
 
 # ----- frozen features ------------------------------------------------------------------------
@@ -209,12 +209,11 @@ def finetune(
     mixup / cutmix, warm-up + cosine (appendix A.3; RandAugment is left out)."""
     ec = EvalConfig.from_dict(eval_config or {})
     device = torch.device(device)
+    if encoder_state is None:  # the initialisation pre-training with the same seed starts from
+        encoder_state = init_model(config, ec.seed).encoder.state_dict()
     torch.manual_seed(seed_for(ec.seed, 0, STREAM_FT))
     model = Classifier(config, train.num_classes, ec.ft_drop_path)
-    if encoder_state is None:  # the same initialisation as pre-training starts from
-        model.encoder.load_state_dict(MAE(config).encoder.state_dict())
-    else:
-        model.encoder.load_state_dict(encoder_state)
+    model.encoder.load_state_dict(encoder_state)
     model.to(device).train()
     groups = layer_decay_groups(model, ec.ft_weight_decay, ec.ft_layer_decay)
     bs = ec.ft_batch_size

@@ -61,6 +61,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def init_model(config: MAEConfig | Mapping[str, Any], seed: int) -> MAE:
+    """The model a run with this seed starts from (also the random-init baseline)."""
+    torch.manual_seed(seed_for(seed, 0, STREAM_INIT))
+    return MAE(config)
+
+
 # ----- batches --------------------------------------------------------------------------------
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, epoch, STREAM_ORDER))
@@ -171,8 +177,7 @@ def pretrain(
     stop = min(total, tc.max_steps) if tc.max_steps else total
     peak_lr = tc.base_lr * tc.batch_size / 256
 
-    torch.manual_seed(seed_for(tc.seed, 0, STREAM_INIT))
-    model = MAE(mc).to(device)
+    model = init_model(mc, tc.seed).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=peak_lr,
                                   betas=(tc.beta1, tc.beta2))
     amp = autocast_dtype(tc.precision, device)

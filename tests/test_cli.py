@@ -18,7 +18,7 @@ def run(*args):
 def test_help_lists_every_option():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
-    assert set(sub) == {"pretrain", "probe", "knn", "finetune", "visualize"}
+    assert set(sub) == {"pretrain", "probe", "knn", "finetune", "visualize", "ablate", "report"}
     pretrain_help = sub["pretrain"].format_help()
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in pretrain_help, f.name

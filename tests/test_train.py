@@ -165,3 +165,24 @@ def test_resume_with_another_config_is_refused(tmp_path, cifar_train):
     with pytest.raises(CheckpointError, match=r"base_lr: checkpoint 0.001 vs requested 0.002"):
         pretrain(SMALL, {**TRAIN, "base_lr": 2e-3}, tmp_path, resume=True, dataset=data,
                  progress=False)
+
+
+@needs_cifar
+def test_gradient_accumulation_matches_one_big_batch(cifar_train):
+    data = cifar_train.subset(512)
+    a = pretrain(SMALL, {**TRAIN, "max_steps": 3, "checkpoint_every": 0}, dataset=data,
+                 progress=False)["model"]
+    b = pretrain(SMALL, {**TRAIN, "max_steps": 3, "checkpoint_every": 0, "accum_steps": 4},
+                 dataset=data, progress=False)["model"]
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=name)
+
+
+@needs_cifar
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_paths_run_on_cpu(cifar_train, precision):
+    """The GPU precision code paths (autocast, and a GradScaler for fp16), exercised on CPU."""
+    result = pretrain(SMALL, {**TRAIN, "max_steps": 2, "precision": precision},
+                      dataset=cifar_train.subset(512), progress=False)
+    assert result["precision"] == f"torch.{'bfloat16' if precision == 'bf16' else 'float16'}"
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])

@@ -1,0 +1,75 @@
+"""What every result carries: code version, environment, device, time."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def git_state(repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Commit of the code and whether it had uncommitted changes (outside results/)."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", ".", ":(exclude)results"))
+    except (subprocess.CalledProcessError, FileNotFoundError, OSError):
+        return {"git_commit": "unknown", "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from . import __version__
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__, "mae": __version__}
+    for name in ("torchvision", "papermill"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "absent"
+    return out
+
+
+def provenance(device: str = "cpu") -> dict[str, Any]:
+    return {
+        **git_state(), "utc_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": device, "device_name": device_name(device), "versions": versions(),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,134 @@
+"""The papermill ablation suite, end to end at the smoke tier."""
+
+import filecmp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_cifar
+from mae import ConfigError
+from mae.ablate import load_sweep, sweep_names, sweep_points
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = needs_cifar
+
+
+def ablate(*args, cwd=ROOT, **kwargs):
+    return subprocess.run([sys.executable, "-m", "mae", "ablate", *args], cwd=cwd,
+                          capture_output=True, text=True, **kwargs)
+
+
+def test_specs_are_valid_and_share_the_default_point():
+    names = sweep_names(ROOT)
+    assert {"mask_ratio", "decoder_depth", "decoder_width", "target", "mask_sampling",
+            "mask_tokens"} <= set(names)
+    assert [p.value for p in sweep_points(ROOT, "mask_ratio", "cpu")] == [
+        0.1, 0.25, 0.5, 0.75, 0.75, 0.75, 0.9]  # 3 seeds at the shared default point
+    shared = {p.run_dir for p in sweep_points(ROOT, "mask_ratio", "cpu") if p.name == "default"}
+    assert shared == {p.run_dir for p in sweep_points(ROOT, "decoder_depth", "cpu")
+                      if p.name == "default"}
+    for name in names:
+        spec = load_sweep(ROOT, name)
+        assert {"smoke", "cpu", "gpu-quick", "gpu"} <= set(spec["tiers"]), name
+        for tier in spec["tiers"]:
+            if tier != "paper":
+                assert sweep_points(ROOT, name, tier)
+    with pytest.raises(ConfigError, match="Did you mean 'mask_ratio'"):
+        load_sweep(ROOT, "mask_ration")
+    with pytest.raises(ConfigError, match="sweep 'mask_ratio' has no 'cpuu' tier; its tiers: smoke"):
+        sweep_points(ROOT, "mask_ratio", "cpuu")
+
+
+def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
+    results = tmp_path / "results"
+    run = ablate("all", "--tier", "smoke", "--results", str(results))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in sweep_names(ROOT):
+        for point in sweep_points(ROOT, name, "smoke", results=results):
+            record = json.loads((point.run_dir / "metrics.json").read_text())
+            assert 0 <= record["metrics"]["probe_top1"] <= 100
+            assert record["config"]["model"]["mask_ratio"] == point.model["mask_ratio"]
+            assert record["provenance"]["git_commit"] and record["data"]["train"]["sha256"]
+            assert (point.run_dir / "ablation.ipynb").is_file()
+            assert (point.run_dir / "reconstructions.png").is_file()
+    # A second run executes nothing.
+    again = ablate("all", "--tier", "smoke", "--results", str(results))
+    assert again.returncode == 0 and "running" not in again.stdout
+    report = subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    tables = results / "tables"
+    assert (tables / "mask_ratio-smoke.md").is_file() and (tables / "mask_ratio-smoke.csv").is_file()
+    assert (results / "figures" / "decoder_depth-smoke.png").is_file()
+    copy = tmp_path / "first"
+    shutil.copytree(results / "tables", copy / "tables")
+    shutil.copytree(results / "figures", copy / "figures")
+    shutil.rmtree(results / "tables")
+    subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)], cwd=ROOT,
+                   check=True, capture_output=True)
+    for sub in ("tables", "figures"):
+        cmp = filecmp.dircmp(copy / sub, results / sub)
+        assert not cmp.left_only and not cmp.right_only
+        for name in cmp.common_files:
+            assert (copy / sub / name).read_bytes() == (results / sub / name).read_bytes(), name
+
+
+def test_a_sweep_on_imagenette(tmp_path):
+    results = tmp_path / "results"
+    run = ablate("target", "--tier", "smoke", "--dataset", "imagenette", "--results", str(results))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    metrics = sorted((results / "runs" / "smoke" / "imagenette").glob("*/seed0/metrics.json"))
+    assert len(metrics) == 2
+    record = json.loads(metrics[0].read_text())
+    assert record["data"]["train"]["name"] == "imagenette"
+    assert record["data"]["train"]["num_classes"] == 10
+
+
+def test_killed_sweep_reruns_only_missing_points(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "mae", "ablate", "decoder_depth", "--tier",
+                             "smoke", "--results", str(results)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    points = sweep_points(ROOT, "decoder_depth", "smoke", results=results)
+    deadline = time.time() + 300
+    while time.time() < deadline and not points[1].run_dir.is_dir():
+        time.sleep(0.1)
+    time.sleep(3)  # well into the second point's notebook
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel
+    proc.wait()
+    assert (points[0].run_dir / "metrics.json").is_file()
+    assert not (points[1].run_dir / "metrics.json").is_file()
+    first_mtime = (points[0].run_dir / "metrics.json").stat().st_mtime_ns
+    rerun = ablate("decoder_depth", "--tier", "smoke", "--results", str(results))
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    lines = [line for line in rerun.stdout.splitlines() if line.startswith("[")]
+    assert "skipped" in lines[0]
+    assert sum("running" in line for line in lines) == len(points) - 1
+    assert (points[0].run_dir / "metrics.json").stat().st_mtime_ns == first_mtime
+    assert all((p.run_dir / "metrics.json").is_file() for p in points)
+
+
+def test_bad_parameter_fails_its_point_only(tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "ablations", root / "ablations")
+    (root / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "ablation.ipynb", root / "notebooks")
+    (root / "ablations" / "broken.yaml").write_text(
+        "name: broken\ntitle: Broken\npaper_source: none\nparameter: mask_ratio\n"
+        "values: [0.5, 1.5, 0.9]\ntiers: [smoke]\n")
+    run = ablate("broken", "--tier", "smoke", "--results", str(root / "results"), cwd=root)
+    assert run.returncode == 1
+    assert "1 failed" in run.stdout
+    runs = root / "results" / "runs" / "smoke" / "cifar10"
+    error = json.loads((runs / "mask_ratio=1.5" / "seed0" / "error.json").read_text())
+    assert "ConfigError" in error["error"] and "mask_ratio must be in [0, 1)" in error["error"]
+    assert (runs / "mask_ratio=0.5" / "seed0" / "metrics.json").is_file()
+    assert (runs / "mask_ratio=0.9" / "seed0" / "metrics.json").is_file()

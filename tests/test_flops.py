@@ -1,0 +1,35 @@
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import SMALL
+from mae import MAE, MAEConfig
+from mae.flops import mae_flops
+
+
+def measured(config: MAEConfig) -> int:
+    model = MAE(config)
+    images = torch.randn(1, 3, config.img_size, config.img_size)
+    # The math attention backend runs as matmuls that torch's counter sees (the fused CPU
+    # kernel is not registered with it).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+def test_matches_torch_flop_counter():
+    """torch's FLOP counter, run on the model, agrees with the formula."""
+    for overrides in ({}, {"encoder_mask_tokens": True}, {"mask_ratio": 0.5}):
+        config = MAEConfig.from_dict({**SMALL, **overrides})
+        ours, theirs = mae_flops(config)["total"], measured(config)
+        assert abs(ours - theirs) / theirs < 0.02, (overrides, ours, theirs)
+
+
+def test_mask_tokens_cost_about_three_times_for_vit_large():
+    """The paper's Table 1c: about 3.3x the training FLOPs with mask tokens in the encoder."""
+    large = MAEConfig.preset("large")
+    ratio = mae_flops(large.replace(encoder_mask_tokens=True))["total"] / mae_flops(large)["total"]
+    assert 3.0 < ratio < 3.6, ratio
+    # The default 8 x 512 decoder: about 9% of ViT-L's FLOPs per token (section 3).
+    f = mae_flops(large, mask_ratio=0.0)
+    assert 0.07 < f["decoder"] / f["encoder"] < 0.11, f["decoder"] / f["encoder"]
