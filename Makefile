@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+CHAPTERS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
 .PHONY: help install test book ablations report bench clean
 
@@ -18,8 +19,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install mae with the book and dev extras
 
-test: install  ## run the unit, property and equivalence tests
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install  ## run the tests, and re-execute every chapter with nbval (strict)
+	$(BIN)/python -m pytest tests $(CHAPTERS) --nbval --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
 
 book: install  ## build the HTML book into _build/html (warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
