@@ -22,8 +22,12 @@ install: $(STAMP)  ## create .venv and install mae with the book and dev extras
 test: install  ## run the tests, and re-execute every chapter with nbval (strict)
 	$(BIN)/python -m pytest tests $(CHAPTERS) --nbval --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
 
-book: install  ## build the HTML book into _build/html (warnings are errors)
+EXECUTE ?= 0
+book: install  ## build the HTML book into _build/html (warnings are errors; EXECUTE=1 re-runs chapters)
+	@if [ "$(EXECUTE)" = "1" ]; then \
+		for nb in $(CHAPTERS); do $(BIN)/jupyter execute --inplace $$nb || exit 1; done; fi
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(BIN)/python tools/check_book.py _build/html
 
 SWEEPS ?= mask_ratio decoder_depth
 TIER ?= cpu

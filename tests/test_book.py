@@ -1,0 +1,29 @@
+"""The book builds with warnings as errors, and the build checker finds what it should."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from check_book import check, parse  # noqa: E402
+
+
+def test_book_builds_and_links_resolve(tmp_path):
+    jb = Path(sys.executable).with_name("jupyter-book")
+    run = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(tmp_path),
+                          "--warningiserror", "--nitpick"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    html = tmp_path / "_build" / "html"
+    assert check(html) == []
+    # The checker notices a missing chapter page, a broken link and a missing image.
+    broken = tmp_path / "broken"
+    shutil.copytree(html, broken)
+    (broken / "notebooks" / "03_loss.html").unlink()
+    figure = parse(broken / "notebooks" / "01_patchify.html").images[0]  # the patch-grid figure
+    (broken / "notebooks" / figure).unlink()
+    problems = check(broken)
+    assert any("'notebooks/03_loss' produced no page" in p for p in problems)
+    assert any("broken link" in p and "03_loss.html" in p for p in problems)
+    assert any(f"01_patchify.html: image {figure} does not exist" in p for p in problems)
