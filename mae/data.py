@@ -235,7 +235,7 @@ def _load_image_folder(name: str, split: str, source: Path, size: int) -> ImageD
             cached.unlink()  # a broken cache is rebuilt, never trusted
     items = _iter_tar(source, split) if source.is_file() else _iter_folder(source / split)
     images, labels, classes = [], [], {}
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     for cls, where, data in tqdm(items, desc=f"decoding {name} {split} at {size}px", unit="img",
                                  leave=False, disable=None):

@@ -224,7 +224,7 @@ def finetune(
     opt = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.999))
     images_all = train.images.to(device)
     labels_all = train.labels.to(device)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     t0 = time.perf_counter()
     losses = []

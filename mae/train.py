@@ -214,7 +214,7 @@ def pretrain(
             })
             write_history(out, history)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
                disable=not (progress and info.main), dynamic_ncols=True)
