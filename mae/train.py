@@ -74,11 +74,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def draw_batch(
     data: ImageDataset, order: torch.Tensor, start: int, size: int, out_size: int,
-    config: MAEConfig, tc: TrainConfig, index: int, info: Dist,
+    config: MAEConfig, tc: TrainConfig, step: int, info: Dist, part: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global micro-batch [start, start + size) of an epoch's order, augmented and with its
-    masking noise, drawn whole from (seed, index) and then sliced to this rank's share."""
-    g = generator(tc.seed, index, STREAM_AUG)
+    """Images and masking noise of optimizer step ``step``: the global batch [start, start + size)
+    of the epoch's order, its crops, flips and masks all drawn whole from (seed, step); returned
+    is this process's share of accumulation micro-batch ``part``. So accumulation and ranks see
+    exactly what one process with the whole batch sees."""
+    g = generator(tc.seed, step, STREAM_AUG)
     H = data.images.shape[-1]
     if tc.augmentation == "rrc":
         boxes = crop_boxes(size, H, H, g, scale=(tc.crop_min_scale, 1.0))
@@ -91,8 +93,9 @@ def draw_batch(
     flips = torch.rand(size, generator=g) < 0.5
     noise = sample_noise(config.mask_sampling, size, config.grid_size, config.mask_ratio,
                          generator=g)  # (size, L)
-    share = size // info.world
-    mine = slice(info.rank * share, (info.rank + 1) * share)
+    share = size // tc.accum_steps // info.world
+    first = (part * info.world + info.rank) * share
+    mine = slice(first, first + share)
     idx = order[start:start + size][mine].to(data.images.device)
     images = data.images[idx]
     if boxes is None:
@@ -231,8 +234,8 @@ def pretrain(
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for k in range(tc.accum_steps):
-            images, noise = draw_batch(data, order, within * tc.batch_size + k * micro, micro,
-                                       mc.img_size, mc, tc, step * tc.accum_steps + k, info)
+            images, noise = draw_batch(data, order, within * tc.batch_size, tc.batch_size,
+                                       mc.img_size, mc, tc, step, info, part=k)
             last = k == tc.accum_steps - 1
             sync = net.no_sync() if info.world > 1 and not last else contextlib.nullcontext()
             with sync, autocast(device, amp):
