@@ -11,6 +11,7 @@ atomically, so an interrupted run is simply run again (its training resumes from
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -185,8 +186,6 @@ def run_sweep(
             })
             log(f"{head}: FAILED after {time.perf_counter() - t0:.0f} s: {message}")
             continue
-        import json
-
         metrics = json.loads(metrics_file.read_text())
         summary = ", ".join(f"{k} {metrics['metrics'][k]:.1f}"
                             for k in ("probe_top1", "knn_top1", "finetune_top1")
@@ -207,7 +206,6 @@ def pretrain_run(model_config: MAEConfig, train_config, out_dir: Path, nproc: in
         metrics = pretrain(model_config, train_config, out_dir, resume=True, progress=False,
                            dataset=dataset)
         return metrics.pop("model"), metrics
-    import json
     import subprocess
     import sys
 
@@ -231,8 +229,6 @@ def pretrain_run(model_config: MAEConfig, train_config, out_dir: Path, nproc: in
 # ----- report ---------------------------------------------------------------------------------
 def collect_runs(results: Path, tier: str) -> dict[str, dict[str, Any]]:
     """metrics.json of every complete run of a tier, by run folder (relative, POSIX)."""
-    import json
-
     runs = {}
     for path in sorted((results / "runs" / tier).glob("*/*/seed*/metrics.json")):
         runs[path.parent.relative_to(results).as_posix()] = json.loads(path.read_text())
