@@ -233,7 +233,7 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigBase):
-    """Pre-training recipe (the paper's appendix A.1, scaled by the presets in `TRAIN_PRESETS`)."""
+    """Pre-training recipe (the paper's appendix A.1; the ablation tiers in ablations/tiers.yaml scale it)."""
 
     dataset: str = _f("cifar10", "cifar10, cifar100, imagenette or folder:/path")
     train_subset: int = _f(0, "use only the first N training images (0: all)")
