@@ -38,8 +38,8 @@ ablations: install  ## run the sweeps $(SWEEPS) at tier $(TIER) with papermill (
 report: install  ## regenerate results/tables and results/figures from results/runs
 	$(BIN)/python -m mae report
 
-bench: install  ## data pipeline vs train step throughput (BENCH_ARGS=--smoke for a quick check)
-	$(BIN)/python benchmarks/data_pipeline.py $(BENCH_ARGS)
+bench: install  ## speed vs transformers and vit-pytorch -> results/benchmarks (BENCH_ARGS=--smoke: seconds)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf _build .pytest_cache .hypothesis

@@ -1,0 +1,72 @@
+"""benchmarks/: the smoke modes run every section and write the report (speed is not tested here)."""
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_writes_every_section(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--threads", "1",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (md,) = tmp_path.glob("*-smoke.md")
+    rows = list(csv.DictReader(md.with_suffix(".csv").open()))
+    sections = {r["section"] for r in rows}
+    assert {"matmul_peak", "train_step", "encoder_variant"} <= sections
+    if os.environ.get("MAE_DATA"):
+        assert "data_pipeline" in sections
+    impls = {(r["shape"], r["impl"]) for r in rows if r["section"] == "train_step"}
+    for shape in ("micro", "tiny", "vit-b-d4"):
+        assert {(shape, i) for i in ("mae", "transformers", "vit-pytorch")} <= impls
+    assert any(r["peak_mem_mib"] for r in rows)
+    text = md.read_text()
+    assert "## Ratios" in text and "mae / transformers" in text and "mae / vit-pytorch" in text
+    assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
+
+
+def test_gpu_script_dry_run(tmp_path):
+    out = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--compile", "off",
+                          "--no-memory", "--no-speedup", "--threads", "1"], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path),
+                                                              "PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = list(csv.DictReader(next(tmp_path.glob("*.csv")).open()))
+    assert {r["shape"] for r in rows if r["section"] == "train_step"} == {"vit-b"}
+
+
+def test_same_architecture_in_every_implementation():
+    """Parameter counts agree: ours and transformers' exactly, vit-pytorch's within its extras
+    (learned positions, two patch-embedding norms, no CLS token)."""
+    bench = load_bench()
+    import torch
+
+    config = bench.shape_config("micro", smoke=False)
+    counts = {i: sum(p.numel() for p in bench.build(i, config, torch.device("cpu"))[0].parameters()
+                  if p.requires_grad)  # transformers keeps its fixed sin-cos tables as parameters
+              for i in bench.IMPLS}
+    assert counts["mae"] == counts["transformers"]
+    assert abs(counts["vit-pytorch"] - counts["mae"]) / counts["mae"] < 0.03
+
+
+def test_ratio_counts_the_spread():
+    bench = load_bench()
+    ours = dict(shape="s", impl="mae", images_per_s=110.0, spread=1.0)
+    close = dict(shape="s", impl="peer", images_per_s=100.0, spread=10.0)
+    far = dict(shape="s", impl="peer", images_per_s=100.0, spread=1.0)
+    assert bench.ratio_line(ours, close)[1] is False
+    assert bench.ratio_line(ours, far)[1] is True
+    rate, spread = bench.summary([1.0, 1.0, 2.0, 0.5, 1.0], batch=10)
+    assert rate == 10.0 and spread > 0
