@@ -31,7 +31,6 @@ import io
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from mae import MAE, MAEConfig
 from mae.convert import transformers_config_kwargs
 from mae.flops import mae_flops
 from mae.masking import sample_noise
-from mae.provenance import versions
+from mae.provenance import git_state, versions
 from mae.runtime import autocast, autocast_dtype, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ SHAPES = {
 }
 # The paper's speed claim (Table 2: 3.3x fewer FLOPs, 2.8x faster for ViT-L) at depths / 4, so the
 # decoder keeps its share of the FLOPs per token.
-VITL = Shape("vit-l-d4", "large", dict(encoder_layers=6, decoder_layers=2), batch_cpu=4,
+VITL = Shape("vit-l-d4", "large", dict(encoder_layers=6, decoder_layers=2), batch_cpu=16,
              batch_cuda=128, note="224 px, patch 16, enc 1024x6, dec 512x2 (ViT-L, depths / 4)")
 SMOKE = dict(img_size=32, patch_size=8, encoder_dim=64, encoder_layers=1, encoder_heads=2,
              decoder_dim=32, decoder_layers=1, decoder_heads=2)
@@ -295,18 +294,22 @@ def memory_probe(impl: str, shape: str, batch: int, smoke: bool, threads: int,
 
 def _memory_child(impl: str, shape_name: str, batch: int, smoke: bool, mask_tokens: bool) -> None:
     config = shape_config(shape_name, smoke, encoder_mask_tokens=mask_tokens)
-    device = torch.device("cpu")
-    s = Stepper(impl, config, batch, device, None)
-    base = _rss_mib()
+    s = Stepper(impl, config, batch, torch.device("cpu"), None)
+    base = _proc_status("VmRSS")
+    # Reset the high-water mark (VmHWM) to the current RSS (Linux >= 4.0). getrusage's
+    # ru_maxrss would not do: it survives exec, so a child starts with its parent's peak.
+    Path("/proc/self/clear_refs").write_text("5")
     for _ in range(2):
         s.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(f"{peak - base:.1f}")
+    print(f"{_proc_status('VmHWM') - base:.1f}")
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _proc_status(key: str) -> float:
+    """A memory field of /proc/self/status, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{key} not in /proc/self/status (peak memory needs Linux)")
 
 
 def shape_config(name: str, smoke: bool, **extra) -> MAEConfig:
@@ -361,7 +364,9 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
     lines += ["", "Images/s are medians of repeated steps (implementations interleaved); +/- is half",
               "the interquartile range. GFLOP/image are analytic (`mae.flops`, a step = 3 forward",
               "passes); % of peak compares our achieved rate with the matmul peak measured in the",
-              "same run.", ""]
+              "same run. Peak MiB: on CPU, the resident memory that two train steps add in a fresh",
+              "process beyond the model and the batch (activations, gradients, optimizer state);",
+              "on CUDA, the caching allocator's peak.", ""]
     md_cols = ["section", "shape", "impl", "batch", "trainable params", "images/s", "+/-",
                "GFLOP/image", "GFLOP/s", "% of peak", "peak MiB"]
     lines.append("| " + " | ".join(md_cols) + " |")
@@ -455,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "mae") if k in v)
         + "".join(f", {m} {metadata.version(m)}" for m in ("transformers", "vit-pytorch")
                   if m in impls),
+        "git commit": "{git_commit}{dirty}".format(
+            **git_state(), dirty=" (uncommitted changes)" if git_state()["git_dirty"] else ""),
         "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"{header['machine']} | {header['precision']} | torch {torch.__version__}")
@@ -483,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.batch or (2 if args.smoke else
                                VITL.batch_cuda if device.type == "cuda" else VITL.batch_cpu)
         print(f"encoder variants, {VITL.name} ({VITL.note}), batch {batch} ...", flush=True)
-        got = mask_token_speedup(VITL, batch, device, amp, warmup, repeats, args.smoke)
+        # Steps of many seconds on CPU: fewer repeats, which the spread column shows.
+        got = mask_token_speedup(VITL, batch, device, amp, min(warmup, 1), min(repeats, 5),
+                                 args.smoke)
         for r in got:
             r["pct_of_peak"] = 100 * r["achieved_gflops"] / peak["gflops"]
             print(f"  {r['impl']:<24} {r['images_per_s']:9.2f} images/s +/- {r['spread']:.2f}")
