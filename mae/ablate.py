@@ -373,7 +373,7 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     done = [r for r in rows if r["seeds"]]
     x = list(range(len(done)))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 4))
     for metric, name, marker in (("probe_top1", "linear probe (ours)", "o"),
                                  ("knn_top1", "kNN (ours)", "s"),
                                  ("finetune_top1", "fine-tune (ours)", "^")):
@@ -391,13 +391,15 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
         twin.plot([p[0] for p in paper], [p[1] for p in paper], "k--", marker="x",
                   label="paper linear probe (ImageNet, ViT-L)")
         twin.set_ylabel("paper: ImageNet top-1 (%)")
-        lines = ax.get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
+    if paper:
         more = twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower center")
-    else:
-        ax.legend(fontsize=7)
+        handles, labels = handles + more[0], labels + more[1]
+    # Below the axes, so that no point hides behind it.
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=max(1, len(labels)),
+               frameon=False)
     ax.set_title(f"{spec['title']} — {tier} tier, {dataset}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = figures / f"{stem}.png"
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
