@@ -221,14 +221,10 @@ class PeakProbe:
         return statistics.median(rates)
 
 
-def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, device, amp,
-            warmup: int, repeats: int, compile_modes: list[bool], probe: PeakProbe) -> list[dict]:
-    """Interleaved train steps of every implementation (and compile mode) at one shape."""
-    steppers = {}
-    for impl in impls:
-        for comp in compile_modes:
-            name = impl + (" +compile" if comp else "")
-            steppers[name] = Stepper(impl, config, batch, device, amp, comp)
+def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
+               probe: PeakProbe) -> tuple[dict[str, list[float]], float]:
+    """Warm-up, then rounds of one step of each stepper in turn and one peak probe; returns the
+    step times per stepper and the median matmul rate of those rounds."""
     times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(warmup):
         for s in steppers.values():
@@ -237,7 +233,18 @@ def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, devic
         for name, s in steppers.items():
             times[name].append(s.step())
         probe()
-    peak = probe.take()
+    return times, probe.take()
+
+
+def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, device, amp,
+            warmup: int, repeats: int, compile_modes: list[bool], probe: PeakProbe) -> list[dict]:
+    """Interleaved train steps of every implementation (and compile mode) at one shape."""
+    steppers = {}
+    for impl in impls:
+        for comp in compile_modes:
+            name = impl + (" +compile" if comp else "")
+            steppers[name] = Stepper(impl, config, batch, device, amp, comp)
+    times, peak = interleave(steppers, warmup, repeats, probe)
     flops = mae_flops(config)["train_step"]
     rows = []
     for name, s in steppers.items():
@@ -259,15 +266,7 @@ def mask_token_speedup(shape: Shape, batch: int, device, amp, warmup: int, repea
         config = shape.config(encoder_mask_tokens=flag, **(SMOKE if smoke else {}))
         configs[variant] = config
         steppers[variant] = Stepper("mae", config, batch, device, amp)
-    times: dict[str, list[float]] = {v: [] for v in steppers}
-    for _ in range(warmup):
-        for s in steppers.values():
-            s.step()
-    for _ in range(repeats):
-        for v, s in steppers.items():
-            times[v].append(s.step())
-        probe()
-    peak = probe.take()
+    times, peak = interleave(steppers, warmup, repeats, probe)
     for v, s in steppers.items():
         rate, spread = summary(times[v], batch)
         f = mae_flops(configs[v])
