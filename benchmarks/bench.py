@@ -29,7 +29,6 @@ import csv
 import datetime as dt
 import io
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ from mae import MAE, MAEConfig
 from mae.convert import transformers_config_kwargs
 from mae.flops import mae_flops
 from mae.masking import sample_noise
-from mae.provenance import git_state, versions
+from mae.provenance import device_name, git_state, versions, write_text_atomic
 from mae.runtime import autocast, autocast_dtype, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,17 +346,6 @@ def shape_config(name: str, smoke: bool, **extra) -> MAEConfig:
 
 
 # ----------------------------------------------------------------------------- report
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
-    except (OSError, AttributeError):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {torch.get_num_threads()} threads"
-
-
 def device_slug(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
@@ -387,7 +375,7 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
     w.writeheader()
     for r in rows:
         w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_text(out_dir / f"{slug}.csv", buf.getvalue())
+    write_text_atomic(out_dir / f"{slug}.csv", buf.getvalue())
 
     lines = [f"# Benchmarks: {header['machine']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "machine"]
@@ -409,14 +397,8 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Ratios", ""] + [f"- {r}" for r in ratios] + [""]
     md = out_dir / f"{slug}.md"
-    _atomic_text(md, "\n".join(lines))
+    write_text_atomic(md, "\n".join(lines))
     return md
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
@@ -483,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     v = versions()
     header = {
-        "machine": machine(device),
+        "machine": device_name(str(device)),
         "device": str(device),
         "precision": "bf16 autocast" if amp == torch.bfloat16 else str(peak_dtype).replace("torch.", ""),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
-from .provenance import write_json_atomic
+from .provenance import write_json_atomic, write_text_atomic
 
 TEMPLATE = Path("notebooks") / "ablation.ipynb"
 SWEPT = ("mask_ratio", "mask_sampling", "decoder_layers", "decoder_dim", "norm_pix_loss",
@@ -330,7 +330,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
                            f"{r['pretrain_final_loss'][0]:.4f}" if r["pretrain_final_loss"] else "",
                            r["paper"].get("lin", ""), r["paper"].get("ft", "")])
     csv_path = tables / f"{stem}.csv"
-    _atomic_text(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
 
     runs_buf = io.StringIO()
     fields = sorted({k for row in run_rows for k in row}, key=lambda k: (k not in (
@@ -339,7 +339,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
     writer.writeheader()
     writer.writerows(run_rows)
     runs_path = tables / f"{stem}-runs.csv"
-    _atomic_text(runs_path, runs_buf.getvalue())
+    write_text_atomic(runs_path, runs_buf.getvalue())
 
     commits = sorted({r["provenance"]["git_commit"][:10] + ("+dirty" if r["provenance"]["git_dirty"] else "")
                       for row in rows for r in row["runs"]})
@@ -359,7 +359,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
               f"Runs: {sum(r['seeds'] for r in rows)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]
     md_path = tables / f"{stem}.md"
-    _atomic_text(md_path, "\n".join(lines))
+    write_text_atomic(md_path, "\n".join(lines))
     return [csv_path, runs_path, md_path]
 
 
@@ -406,9 +406,3 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -66,10 +66,15 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
