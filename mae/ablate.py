@@ -372,7 +372,10 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     figures = results / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     done = [r for r in rows if r["seeds"]]
-    x = list(range(len(done)))
+    # A numeric sweep (mask ratio, depth, width) on a numeric axis; anything else categorical.
+    numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
+                  for r in done)
+    x = [r["value"] for r in done] if numeric else list(range(len(done)))
     fig, ax = plt.subplots(figsize=(6, 4))
     for metric, name, marker in (("probe_top1", "linear probe (ours)", "o"),
                                  ("knn_top1", "kNN (ours)", "s"),
@@ -383,6 +386,12 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
                         yerr=[p[1][1] for p in pts], marker=marker, capsize=3, label=name)
     ax.set_xticks(x)
     ax.set_xticklabels([str(r["label"]).split("=")[-1] for r in done])
+    if numeric and len(x) > 1 and all(v > 0 for v in x) and max(x) / min(x) >= 8 and all(
+            isinstance(v, int) for v in x):
+        ax.set_xscale("log", base=2)  # depths / widths that double
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(v) for v in x])
+        ax.minorticks_off()
     ax.set_xlabel(spec.get("parameter", "setting"))
     ax.set_ylabel(f"top-1 on {dataset} test (%)")
     paper = [(i, r["paper"]["lin"]) for i, r in zip(x, done) if "lin" in r["paper"]]
