@@ -11,6 +11,7 @@ atomically, so an interrupted run is simply run again (its training resumes from
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
-from .provenance import write_json_atomic, write_text_atomic
+from .provenance import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 TEMPLATE = Path("notebooks") / "ablation.ipynb"
 SWEPT = ("mask_ratio", "mask_sampling", "decoder_layers", "decoder_dim", "norm_pix_loss",
@@ -310,7 +311,6 @@ def _cell(stat, digits=1):
 
 def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Path]:
     import csv
-    import io
 
     tables = results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -384,14 +384,11 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
                         yerr=[p[1][1] for p in pts], marker=marker, capsize=3, label=name)
+    if numeric and all(isinstance(v, int) and v > 0 for v in x) and max(x) >= 8 * min(x):
+        ax.set_xscale("log", base=2)  # depths / widths that double
+        ax.minorticks_off()
     ax.set_xticks(x)
     ax.set_xticklabels([str(r["label"]).split("=")[-1] for r in done])
-    if numeric and len(x) > 1 and all(v > 0 for v in x) and max(x) / min(x) >= 8 and all(
-            isinstance(v, int) for v in x):
-        ax.set_xscale("log", base=2)  # depths / widths that double
-        ax.set_xticks(x)
-        ax.set_xticklabels([str(v) for v in x])
-        ax.minorticks_off()
     ax.set_xlabel(spec.get("parameter", "setting"))
     ax.set_ylabel(f"top-1 on {dataset} test (%)")
     paper = [(i, r["paper"]["lin"]) for i, r in zip(x, done) if "lin" in r["paper"]]
@@ -409,9 +406,7 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
                frameon=False)
     ax.set_title(f"{spec['title']} — {tier} tier, {dataset}", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = figures / f"{stem}.png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(figures / f"{stem}.png", png.getvalue())

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, EvalConfig, MAEConfig, TrainConfig
+from .provenance import write_text_atomic
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -58,11 +58,7 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=1, sort_keys=True, default=str)
     print(text)
     if path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, target)
+        write_text_atomic(path, text + "\n")
 
 
 def load_model(checkpoint: str):

@@ -66,14 +66,19 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`write_bytes_atomic` of UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
