@@ -46,7 +46,7 @@ from mae.convert import transformers_config_kwargs
 from mae.flops import mae_flops
 from mae.masking import sample_noise
 from mae.provenance import device_name, git_state, versions, write_text_atomic
-from mae.runtime import autocast, autocast_dtype, pick_device
+from mae.runtime import autocast, autocast_dtype, fused_adamw, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("mae", "transformers", "vit-pytorch")
@@ -91,7 +91,8 @@ def build(impl: str, config: MAEConfig, device: torch.device) -> tuple[torch.nn.
     torch.manual_seed(0)
     if impl == "mae":
         model = MAE(config).to(device)
-        return model, lambda x, noise: model(x, noise=noise).loss
+        # As mae.train calls it: no pixel predictions for visible patches, which the loss ignores.
+        return model, lambda x, noise: model(x, noise=noise, return_pred=False).loss
     if impl == "transformers":
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
@@ -136,9 +137,10 @@ class Stepper:
         if compile_model:
             loss_fn = torch.compile(loss_fn)
         self.loss_fn = loss_fn
-        # The same optimizer for everyone: AdamW, the paper's betas and weight decay.
+        # The same optimizer for everyone: AdamW, the paper's betas and weight decay, torch's
+        # fused kernel (transformers' Trainer default; mae.train uses it too).
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1.5e-4, betas=(0.9, 0.95),
-                                     weight_decay=0.05)
+                                     weight_decay=0.05, fused=fused_adamw(device))
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(batch, config.in_chans, config.img_size, config.img_size,
                              generator=g).to(device)
@@ -165,15 +167,18 @@ def sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- measurements
+def median_spread(values: list[float]) -> tuple[float, float]:
+    """The median and half the interquartile range (half the range below four values)."""
+    values = sorted(values)
+    if len(values) >= 4:
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        return statistics.median(values), (q3 - q1) / 2
+    return statistics.median(values), (values[-1] - values[0]) / 2
+
+
 def summary(times: list[float], batch: int) -> tuple[float, float]:
     """Median images/s and its spread: half the interquartile range of the per-step rates."""
-    rates = sorted(batch / t for t in times)
-    if len(rates) >= 4:
-        q1, _, q3 = statistics.quantiles(rates, n=4)
-        spread = (q3 - q1) / 2
-    else:
-        spread = (rates[-1] - rates[0]) / 2
-    return statistics.median(rates), spread
+    return median_spread([batch / t for t in times])
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: list[int], repeats: int) -> dict:
@@ -251,7 +256,8 @@ def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, devic
         rows.append(dict(section="train_step", shape=shape.name, impl=name, batch=batch,
                          params=s.params, images_per_s=rate, spread=spread,
                          step_gflop_per_image=flops / 1e9, achieved_gflops=rate * flops / 1e9,
-                         peak_gflops=peak, pct_of_peak=100 * rate * flops / 1e9 / peak))
+                         peak_gflops=peak, pct_of_peak=100 * rate * flops / 1e9 / peak,
+                         step_times=times[name]))
     del steppers
     return rows
 
@@ -379,12 +385,17 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
 
     lines = [f"# Benchmarks: {header['machine']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "machine"]
-    lines += ["", "Images/s are medians of repeated steps (implementations interleaved); +/- is half",
-              "the interquartile range. GFLOP/image are analytic (`mae.flops`, a step = 3 forward",
-              "passes); % of peak compares the achieved rate with the median rate of a matmul of the",
-              "peak's size timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory that two train steps add in a fresh",
-              "process beyond the model and the batch (activations, gradients, optimizer state);",
-              "on CUDA, the caching allocator's peak.", ""]
+    lines += [""] + """\
+Images/s are medians of repeated steps (implementations interleaved, one step of
+each per round); +/- is half the interquartile range. A ratio below is the median of
+the per-round ratios of step times, +/- half their interquartile range. GFLOP/image
+are analytic (`mae.flops`: a step = 3 forward passes, counted as mae's training step
+runs them, the decoder's last block and pixel head on hidden patches only); % of
+peak compares the achieved rate with the median rate of a matmul of the peak's size
+timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
+that two train steps add in a fresh process beyond the model and the batch
+(activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
+""".splitlines() + [""]
     md_cols = ["section", "shape", "impl", "batch", "trainable params", "images/s", "+/-",
                "GFLOP/image", "GFLOP/s", "matmul GFLOP/s", "% of peak", "peak MiB"]
     lines.append("| " + " | ".join(md_cols) + " |")
@@ -402,11 +413,23 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
 
 
 def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
-    """ours / peer in images/s, with the spread carried through; True when it beats the spread."""
-    r = ours["images_per_s"] / peer["images_per_s"]
-    rel = ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"]
-    ahead = r - 1 > r * rel
-    return (f"{ours['shape']}: mae / {peer['impl']} = {r:.2f}x (+/- {r * rel:.2f})"
+    """ours / peer in images/s and whether it is above 1 by more than its spread; True if so.
+
+    The steps were interleaved, so round i holds one step of each: the ratio is the median of
+    the per-round ratios (a slow drift of the machine's speed cancels within a round) and its
+    spread the half interquartile range of those ratios. Without per-round times (rows read
+    back from a file) it falls back to the ratio of medians with both spreads added.
+    """
+    a, b = ours.get("step_times"), peer.get("step_times")
+    if a and b and len(a) == len(b):
+        r, spread = median_spread([tb / ta for ta, tb in zip(a, b)])  # peer's time / ours
+        how = "paired per round"
+    else:
+        r = ours["images_per_s"] / peer["images_per_s"]
+        spread = r * (ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"])
+        how = "both spreads added"
+    ahead = r - 1 > spread
+    return (f"{ours['shape']}: mae / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, {how})"
             f"{'' if ahead else '  <- not ahead by more than the spread'}"), ahead
 
 

@@ -32,16 +32,23 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(Dd, eps=config.layer_norm_eps)
         self.pred = nn.Linear(Dd, config.patch_dim)
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """Predict every patch's pixels.
+    def forward(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, only: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict every patch's pixels, or only those of the patches in ``only``.
 
         Args:
             latent: (B, 1 + K, D) encoder output (CLS first, visible tokens in shuffled order),
                 or (B, 1 + L, D) in original order when the encoder kept mask tokens.
             ids_restore: (B, L) from the masking step.
+            only: optional (B, M) patch indices. The loss needs only the hidden patches, so
+                training passes them: every block but the last still runs on all 1 + L tokens
+                (they are the keys and values of the next), while the last block's queries, MLP
+                and the pixel head run on the M wanted tokens alone. Same values, less work.
 
         Returns:
-            (B, L, P) predicted patches, in the original patch order.
+            (B, L, P) predicted patches in the original patch order, or (B, M, P) in the order
+            of ``only``.
         """
         x = self.embed(latent)  # (B, 1 + K, Dd)
         B, N, Dd = x.shape
@@ -51,7 +58,11 @@ class Decoder(nn.Module):
             tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(B, L, Dd))  # (B, L, Dd)
             x = torch.cat([x[:, :1], tokens], dim=1)  # (B, 1 + L, Dd)
         x = x + self.pos_embed  # (B, 1 + L, Dd)
-        for block in self.blocks:
+        if only is None:
+            for block in self.blocks:
+                x = block(x)
+            return self.pred(self.norm(x[:, 1:]))  # (B, L, P) without the CLS token
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.norm(x)
-        return self.pred(x[:, 1:])  # (B, L, P) without the CLS token
+        x = self.blocks[-1](x, queries=only + 1)  # (B, M, Dd); token 0 is the CLS token
+        return self.pred(self.norm(x))  # (B, M, P)

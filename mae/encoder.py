@@ -1,6 +1,6 @@
 """The MAE encoder: a ViT that sees only the visible patches (the paper, section 3, "MAE encoder").
 
-embed patches -> add positions -> keep the visible ones -> prepend CLS -> blocks -> norm.
+keep the visible patches -> embed them, add their positions -> prepend CLS -> blocks -> norm.
 """
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import MAEConfig
 from .layers import Block
 from .masking import random_masking, sample_noise
+from .patches import patchify
 from .pos_embed import sincos_2d
 
 
@@ -23,15 +25,26 @@ class EncoderOutput(NamedTuple):
 
 
 class PatchEmbed(nn.Module):
-    """Linear projection of each p x p patch, written as a strided convolution."""
+    """Linear projection of each p x p patch.
+
+    The weights are those of a strided convolution (the reference's layout, so checkpoints
+    convert as they are), but the projection is applied as a matrix to patchified pixels: the
+    encoder then embeds only the patches it keeps, a quarter of them at 75 % masking.
+    """
 
     def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
+        self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, D)."""
-        return self.proj(images).flatten(2).transpose(1, 2)  # (B, L, D)
+        return self.embed(patchify(images, self.patch_size))
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patchified pixels (B, N, p * p * C), `patchify`'s layout -> (B, N, D)."""
+        w = self.proj.weight  # (D, C, p, p)
+        return F.linear(patches, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
 
 
 class Encoder(nn.Module):
@@ -63,21 +76,23 @@ class Encoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> EncoderOutput:
         """Encode the visible patches of (B, C, H, W) images; see `EncoderOutput` for shapes."""
-        x = self.patch_embed(images)  # (B, L, D)
-        B, L, _ = x.shape
-        # Positions are added before tokens are dropped, so each kept token carries its own.
-        x = x + self.pos_embed[:, 1:]  # (B, L, D)
+        patches = patchify(images, self.config.patch_size)  # (B, L, p * p * C)
+        B, L, _ = patches.shape
         if noise is None and mask_ratio == 0:  # nothing hidden: keep the original order
-            noise = torch.arange(L, device=x.device, dtype=torch.float32).expand(B, L)
+            noise = torch.arange(L, device=images.device, dtype=torch.float32).expand(B, L)
         elif noise is None and self.config.mask_sampling != "random":
             noise = sample_noise(self.config.mask_sampling, B, self.config.grid_size, mask_ratio,
-                                 x.device, generator)
-        masking = random_masking(x, mask_ratio, noise, generator)
+                                 images.device, generator)
+        masking = random_masking(patches, mask_ratio, noise, generator)
+        pos = self.pos_embed[0, 1:]  # (L, D)
         if self.mask_token is None:
-            x = masking.visible  # (B, K, D)
+            # Embed only the kept patches; each carries its own position (the same values as
+            # embedding all, adding positions, then dropping the hidden tokens).
+            x = self.patch_embed.embed(masking.visible) + pos[masking.ids_keep]  # (B, K, D)
         else:
+            x = self.patch_embed.embed(patches) + pos  # (B, L, D)
             hidden = masking.mask.unsqueeze(-1).bool()  # (B, L, 1)
-            x = torch.where(hidden, self.mask_token + self.pos_embed[:, 1:], x)  # (B, L, D)
+            x = torch.where(hidden, self.mask_token + pos, x)  # (B, L, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + K, D)
         for block in self.blocks:

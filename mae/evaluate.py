@@ -17,7 +17,7 @@ from .config import EvalConfig, MAEConfig
 from .data import ImageDataset, augment, crop_boxes, resize_batch
 from .encoder import Encoder
 from .model import MAE
-from .runtime import STREAM_FT, STREAM_PROBE, autocast, generator, seed_for
+from .runtime import STREAM_FT, STREAM_PROBE, autocast, fused_adamw, generator, seed_for
 from .train import init_model, lr_at
 
 
@@ -221,7 +221,7 @@ def finetune(
     total = max(1, round(ec.ft_epochs * steps_per_epoch))
     warmup = round(ec.ft_warmup_epochs * steps_per_epoch)
     peak = ec.ft_base_lr * bs / 256
-    opt = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.999), fused=fused_adamw(device))
     images_all = train.images.to(device)
     labels_all = train.labels.to(device)
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets

@@ -10,24 +10,34 @@ from __future__ import annotations
 from .config import MAEConfig, num_visible
 
 
-def block_flops(tokens: int, dim: int, mlp_dim: int) -> int:
-    """One Transformer block on ``tokens`` tokens of width ``dim``."""
-    linear = 2 * tokens * (3 * dim * dim + dim * dim + 2 * dim * mlp_dim)  # qkv, proj, mlp
-    attention = 2 * 2 * tokens * tokens * dim  # q k^T and (weights) v
+def block_flops(tokens: int, dim: int, mlp_dim: int, queries: int | None = None) -> int:
+    """One Transformer block on ``tokens`` tokens of width ``dim``; with ``queries``, only that
+    many tokens are computed (keys and values still come from all of them)."""
+    q = tokens if queries is None else queries
+    linear = 2 * (tokens * 2 * dim * dim + q * (2 * dim * dim + 2 * dim * mlp_dim))  # kv; q, proj, mlp
+    attention = 2 * 2 * q * tokens * dim  # q k^T and (weights) v
     return linear + attention
 
 
 def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, int]:
-    """Forward FLOPs per image of the encoder, the decoder, and their sum; ``train_step`` is
-    three times the sum."""
+    """Forward FLOPs per image of the encoder, the decoder, and their sum (``total``: every
+    patch predicted, what ``model(images)`` computes). ``train_step`` is three times the forward
+    pass as training runs it (``return_pred=False``: the decoder's last block and pixel head
+    only on the hidden patches), ``train_decoder`` that pass's decoder share."""
     c = config
     L = c.num_patches
     K = num_visible(L, c.mask_ratio if mask_ratio is None else mask_ratio)
-    enc_tokens = 1 + (L if c.encoder_mask_tokens else K)
-    encoder = 2 * L * c.patch_dim * c.encoder_dim  # the patch embedding sees every patch
-    encoder += c.encoder_layers * block_flops(enc_tokens, c.encoder_dim, c.encoder_mlp_dim)
-    decoder = 2 * enc_tokens * c.encoder_dim * c.decoder_dim  # projection
-    decoder += c.decoder_layers * block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim)
-    decoder += 2 * L * c.decoder_dim * c.patch_dim  # pixel head
-    total = encoder + decoder
-    return {"encoder": encoder, "decoder": decoder, "total": total, "train_step": 3 * total}
+    embedded = L if c.encoder_mask_tokens else K
+    encoder = 2 * embedded * c.patch_dim * c.encoder_dim  # the patch embedding
+    encoder += c.encoder_layers * block_flops(1 + embedded, c.encoder_dim, c.encoder_mlp_dim)
+    projection = 2 * (1 + embedded) * c.encoder_dim * c.decoder_dim
+
+    block = block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim)
+    head = 2 * c.decoder_dim * c.patch_dim  # the pixel head, per predicted patch
+    decoder = projection + c.decoder_layers * block + L * head
+    train_decoder = decoder
+    if K < L:  # the last block's queries and the head only on the L - K hidden patches
+        last = block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim, queries=L - K)
+        train_decoder = projection + (c.decoder_layers - 1) * block + last + (L - K) * head
+    return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder,
+            "train_decoder": train_decoder, "train_step": 3 * (encoder + train_decoder)}

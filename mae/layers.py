@@ -7,12 +7,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection.
+# On CPU, attention over a few dozen keys is faster written out (two batched matmuls and a
+# softmax over the whole batch) than through the fused kernel, which works in tiles per sample
+# and head that are too small to pay at this length; from a few hundred keys on, the fused
+# kernel wins (it never writes the N x N weights to memory). Measured by benchmarks/bench.py and
+# benchmarks/attention.py on 2 cores: at `micro` (17 and 65 keys) the written-out form makes the
+# whole train step ~10 % faster; at `tiny`'s decoder (257 keys) it is ~2x slower per block.
+EXPLICIT_ATTENTION_MAX_KEYS = 128
 
-    The attention itself is `F.scaled_dot_product_attention`, which picks a fused kernel
-    (flash / memory-efficient on GPU) where one applies.
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the last two dims: (B, h, M, d) x 2 (B, h, N, d) -> (B, h, M, d).
+
+    The same function either way; the implementation is picked by device and key count (see
+    `EXPLICIT_ATTENTION_MAX_KEYS`). On GPU it is always `F.scaled_dot_product_attention`, which
+    dispatches to flash / memory-efficient kernels.
     """
+    if q.device.type == "cpu" and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS:
+        weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, M, N)
+        return weights.softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of each sample: (B, N, D) and a (B, M) index -> (B, M, D)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -22,13 +45,26 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D)."""
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D).
+
+        With ``queries``, a (B, M) index of tokens, only those tokens are updated: they attend
+        to all N tokens as before, but queries, output projection and what follows are computed
+        for M tokens, not N. (B, N, D) -> (B, M, D), in the order of ``queries``.
+        """
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
-        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        h, d = self.heads, D // self.heads
+        if queries is None:
+            qkv = self.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
+            q, k, v = qkv.unbind(0)  # 3 x (B, h, N, d)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias  # rows: q, k, v
+            kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, N, 2D)
+            k, v = kv.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
+            q = F.linear(gather_tokens(x, queries), w[:D], None if b is None else b[:D])  # (B, M, D)
+            q = q.view(B, -1, h, d).transpose(1, 2)  # (B, h, M, d)
+        x = attention(q, k, v)  # (B, h, M, d)
+        x = x.transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
         return self.proj(x)
 
 
@@ -74,9 +110,11 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D)."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with a (B, M) ``queries`` index, only those tokens are
+        computed (they still attend to all N): (B, N, D) -> (B, M, D)."""
+        residual = x if queries is None else gather_tokens(x, queries)  # (B, M, D)
+        x = residual + self.drop_path(self.attn(self.norm1(x), queries))  # (B, M, D)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -24,9 +24,14 @@ def norm_pix_target(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.T
     return (patches - mean) / (var + eps).sqrt()  # (B, L, P)
 
 
-def reconstruction_target(images: torch.Tensor, patch_size: int, norm_pix: bool) -> torch.Tensor:
-    """The pixels the decoder must predict: (B, C, H, W) -> (B, L, P), float32."""
+def reconstruction_target(
+    images: torch.Tensor, patch_size: int, norm_pix: bool, only: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The pixels the decoder must predict: (B, C, H, W) -> (B, L, P), float32; with a (B, M)
+    index ``only``, just those patches: (B, M, P)."""
     target = patchify(images.float(), patch_size)  # (B, L, P)
+    if only is not None:
+        target = target.gather(1, only.unsqueeze(-1).expand(-1, -1, target.shape[-1]))  # (B, M, P)
     return norm_pix_target(target) if norm_pix else target
 
 

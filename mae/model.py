@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .config import MAEConfig, check_mask_ratio
+from .config import MAEConfig, check_mask_ratio, num_visible
 from .decoder import Decoder
 from .encoder import Encoder
 from .layers import init_weights
@@ -24,7 +24,8 @@ from .loss import masked_mse, reconstruction_target
 
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # () mean squared error over hidden patches
-    pred: torch.Tensor  # (B, L, P) predicted patches (normalised pixels with norm_pix_loss)
+    pred: torch.Tensor | None  # (B, L, P) predicted patches (normalised pixels with
+    #                            norm_pix_loss); None when called with return_pred=False
     mask: torch.Tensor  # (B, L) 1 = hidden, 0 = visible
 
 
@@ -74,6 +75,7 @@ class MAE(nn.Module):
     def forward(
         self, images: torch.Tensor, mask_ratio: float | None = None,
         noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        return_pred: bool = True,
     ) -> MAEOutput:
         """Mask, encode, decode and score a batch.
 
@@ -83,17 +85,30 @@ class MAE(nn.Module):
             noise: optional (B, L) masking noise (the K smallest entries are kept), to reproduce
                 a mask exactly or compare with another implementation.
             generator: optional torch.Generator for the masking noise.
+            return_pred: False skips the predictions of visible patches, which the loss ignores:
+                the decoder's last block and pixel head then run on the hidden patches only
+                (the training loop does this). The loss and its gradients are the same; ``pred``
+                is None.
 
         Returns:
             `MAEOutput(loss, pred (B, L, P), mask (B, L))`; unpacks like a tuple.
         """
         self.check_images(images)
-        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        check_mask_ratio(ratio, self.config.num_patches)
+        c = self.config
+        ratio = c.mask_ratio if mask_ratio is None else mask_ratio
+        check_mask_ratio(ratio, c.num_patches)
         latent, mask, ids_restore = self.encoder(images, ratio, noise, generator)
-        pred = self.decoder(latent, ids_restore)  # (B, L, P)
-        target = reconstruction_target(images, self.config.patch_size, self.config.norm_pix_loss)
-        return MAEOutput(masked_mse(pred, target, mask), pred, mask)
+        K = num_visible(c.num_patches, ratio)
+        if return_pred or K == c.num_patches:
+            pred = self.decoder(latent, ids_restore)  # (B, L, P)
+            target = reconstruction_target(images, c.patch_size, c.norm_pix_loss)
+            return MAEOutput(masked_mse(pred, target, mask), pred, mask)
+        # Every sample hides the same L - K patches: the last L - K of the masking order.
+        hidden = ids_restore.argsort(dim=1)[:, K:]  # (B, L - K) patch indices
+        pred = self.decoder(latent, ids_restore, only=hidden)  # (B, L - K, P)
+        target = reconstruction_target(images, c.patch_size, c.norm_pix_loss, only=hidden)
+        loss = (pred.float() - target).pow(2).mean()  # = masked_mse over the hidden patches
+        return MAEOutput(loss, None, mask)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def fused_adamw(device: torch.device) -> bool | None:
+    """AdamW's fused kernel (one pass over all parameters) where torch has one, CPU and CUDA;
+    None leaves the choice to torch elsewhere."""
+    return True if device.type in ("cpu", "cuda") else None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

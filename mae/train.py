@@ -30,8 +30,8 @@ from .data import ImageDataset, augment, crop_boxes, load_dataset, resize_batch
 from .masking import sample_noise
 from .model import MAE
 from .runtime import (
-    STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype, generator,
-    init_distributed, seed_for,
+    STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
+    fused_adamw, generator, init_distributed, seed_for,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -182,7 +182,7 @@ def pretrain(
 
     model = init_model(mc, tc.seed).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=peak_lr,
-                                  betas=(tc.beta1, tc.beta2))
+                                  betas=(tc.beta1, tc.beta2), fused=fused_adamw(device))
     amp = autocast_dtype(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
@@ -239,7 +239,8 @@ def pretrain(
             last = k == tc.accum_steps - 1
             sync = net.no_sync() if info.world > 1 and not last else contextlib.nullcontext()
             with sync, autocast(device, amp):
-                loss = net(images, noise=noise).loss / tc.accum_steps
+                # return_pred=False: the loss needs no predictions of visible patches.
+                loss = net(images, noise=noise, return_pred=False).loss / tc.accum_steps
             scaler.scale(loss).backward()
             step_loss += loss.detach()
         step_loss = all_mean(step_loss, info)

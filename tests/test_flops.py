@@ -7,22 +7,27 @@ from mae import MAE, MAEConfig
 from mae.flops import mae_flops
 
 
-def measured(config: MAEConfig) -> int:
+def measured(config: MAEConfig, return_pred: bool = True) -> int:
     model = MAE(config)
     images = torch.randn(1, 3, config.img_size, config.img_size)
     # The math attention backend runs as matmuls that torch's counter sees (the fused CPU
     # kernel is not registered with it).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(images)
+        model(images, return_pred=return_pred)
     return counter.get_total_flops()
 
 
 def test_matches_torch_flop_counter():
-    """torch's FLOP counter, run on the model, agrees with the formula."""
+    """torch's FLOP counter, run on the model, agrees with the formula: the forward pass with
+    every prediction, and the training forward pass (hidden predictions only)."""
     for overrides in ({}, {"encoder_mask_tokens": True}, {"mask_ratio": 0.5}):
         config = MAEConfig.from_dict({**SMALL, **overrides})
-        ours, theirs = mae_flops(config)["total"], measured(config)
+        f = mae_flops(config)
+        ours, theirs = f["total"], measured(config)
         assert abs(ours - theirs) / theirs < 0.02, (overrides, ours, theirs)
+        ours, theirs = f["train_step"] / 3, measured(config, return_pred=False)
+        assert abs(ours - theirs) / theirs < 0.02, (overrides, "train", ours, theirs)
+        assert f["train_step"] < 3 * f["total"]
 
 
 def test_mask_tokens_cost_about_three_times_for_vit_large():

@@ -1,6 +1,9 @@
+import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mae.layers import MLP, Attention, Block
+from mae.layers import EXPLICIT_ATTENTION_MAX_KEYS, MLP, Attention, Block, attention
 
 
 def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -46,3 +49,34 @@ def test_mlp_uses_exact_gelu():
     x = torch.randn(3, 4)
     expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x), approximate="none"))
     torch.testing.assert_close(mlp(x), expected)
+
+
+@pytest.mark.parametrize("tokens", [5, EXPLICIT_ATTENTION_MAX_KEYS, EXPLICIT_ATTENTION_MAX_KEYS + 1])
+def test_both_attention_paths_compute_the_same_function(tokens):
+    """Written out below the key-count threshold, the fused kernel above it: both agree with
+    torch's reference math, values and gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    out = attention(q, k, v)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), g)
+    theirs = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_block_with_queries_equals_the_full_block_at_those_tokens(qkv_bias):
+    """Computing only some tokens (they still attend to all) gives exactly their rows of the
+    full block's output."""
+    torch.manual_seed(0)
+    block = Block(32, 4, qkv_bias=qkv_bias).double()
+    x = torch.randn(3, 11, 32, dtype=torch.float64)
+    queries = torch.stack([torch.randperm(11)[:6] for _ in range(3)])  # (B, M)
+    full = block(x)
+    expected = full.gather(1, queries.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(block(x, queries=queries), expected)

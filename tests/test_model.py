@@ -157,3 +157,49 @@ def test_default_config_is_vit_b():
     with torch.device("meta"):
         model = MAE()
     assert model.config == MAEConfig()
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"norm_pix_loss": True}, {"encoder_mask_tokens": True}, {"mask_sampling": "block"},
+    {"decoder_layers": 2, "mask_ratio": 0.5}, {"mask_ratio": 0.9, "qkv_bias": False},
+])
+def test_training_forward_skips_visible_predictions_with_the_same_loss_and_gradients(
+        small_config, variant):
+    """return_pred=False (what training calls) computes the decoder's last block and pixel head
+    on the hidden patches only: the same loss and the same gradient for every parameter."""
+    torch.manual_seed(0)
+    model = MAE(small_config.replace(**variant)).double()
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    noise = torch.rand(3, 64)
+    grads = []
+    for return_pred in (True, False):
+        model.zero_grad()
+        out = model(images, noise=noise, return_pred=return_pred)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if return_pred:
+            loss = out.loss
+            assert out.pred.shape == (3, 64, 48)
+        else:
+            assert out.pred is None
+            # The loss is reduced in float32 (as in training), in another order: float32 rounding.
+            torch.testing.assert_close(out.loss, loss, rtol=1e-6, atol=0)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-9,
+                                   msg=f"gradient of {name}")
+
+
+def test_training_forward_with_nothing_hidden_predicts_everything(small_config):
+    model = MAE(small_config)
+    out = model(torch.randn(2, 3, 32, 32), mask_ratio=0.0, return_pred=False)
+    assert out.loss.item() == 0.0 and out.pred.shape == (2, 64, 48)
+
+
+def test_patch_embedding_is_the_strided_convolution_applied_to_patches(small_config):
+    """The encoder embeds patchified pixels with the convolution's weights (so only the kept
+    patches need embedding): the same values as the convolution itself."""
+    torch.manual_seed(0)
+    embed = MAE(small_config).encoder.patch_embed
+    images = torch.randn(2, 3, 32, 32)
+    conv = embed.proj(images).flatten(2).transpose(1, 2)  # (B, L, D)
+    torch.testing.assert_close(embed(images), conv, rtol=1e-5, atol=1e-5)
