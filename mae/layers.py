@@ -11,7 +11,7 @@ from torch import nn
 # softmax over the whole batch) than through the fused kernel, which works in tiles per sample
 # and head that are too small to pay at this length; from a few hundred keys on, the fused
 # kernel wins (it never writes the N x N weights to memory). Measured by benchmarks/bench.py and
-# benchmarks/attention.py on 2 cores: at `micro` (17 and 65 keys) the written-out form makes the
+# benchmarks/speedups.py on 2 cores: at `micro` (17 and 65 keys) the written-out form makes the
 # whole train step ~10 % faster; at `tiny`'s decoder (257 keys) it is ~2x slower per block.
 EXPLICIT_ATTENTION_MAX_KEYS = 128
 

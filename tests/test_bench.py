@@ -70,3 +70,14 @@ def test_ratio_counts_the_spread():
     assert bench.ratio_line(ours, far)[1] is True
     rate, spread = bench.summary([1.0, 1.0, 2.0, 0.5, 1.0], batch=10)
     assert rate == 10.0 and spread > 0
+
+
+def test_speedups_smoke_run_writes_its_table(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/speedups.py", "--smoke", "--threads", "1",
+                          "--configs", "micro", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (md,) = tmp_path.glob("*-speedups.md")
+    text = md.read_text()
+    for variant in ("| micro | mae |", "fused attention only", "every prediction", "for-loop AdamW"):
+        assert variant in text

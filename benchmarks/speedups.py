@@ -1,0 +1,121 @@
+"""Where `mae`'s train-step speed comes from: each optimisation switched off in turn, in one run.
+
+    python benchmarks/speedups.py            # micro, tiny, vit-b-d4 on this machine (~4 min on 2 cores)
+    python benchmarks/speedups.py --smoke    # seconds: checks that it runs
+
+Variants, timed step by step in turn (one step of each per round, as in bench.py):
+
+- ``mae``: the training step as ``mae.train`` runs it;
+- ``fused attention only``: `F.scaled_dot_product_attention` at every sequence length (no
+  written-out attention for short key sequences on CPU, ``mae.layers.EXPLICIT_ATTENTION_MAX_KEYS``);
+- ``every prediction``: ``return_pred=True``, the decoder's last block and pixel head on all
+  patches instead of the hidden ones only;
+- ``for-loop AdamW``: torch's AdamW without its fused kernel.
+
+Each variant's images/s and the per-round ratio ``mae`` / variant (median, +/- half the
+interquartile range) are printed and written to ``results/benchmarks/<device>-speedups.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mae import MAE, layers
+from mae.provenance import device_name, git_state, write_text_atomic
+from mae.runtime import autocast, autocast_dtype, fused_adamw, pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import SHAPES, SMOKE, device_slug, median_spread, sync  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # name: (explicit attention up to this many keys, return_pred, fused AdamW)
+    "mae": (None, False, True),
+    "fused attention only": (0, False, True),
+    "every prediction": (None, True, True),
+    "for-loop AdamW": (None, False, False),
+}
+
+
+def stepper(config, batch: int, device, amp, max_keys, return_pred: bool, fused: bool):
+    torch.manual_seed(0)
+    model = MAE(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                            fused=fused_adamw(device) if fused else False)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, config.in_chans, config.img_size, config.img_size, generator=g).to(device)
+    noise = torch.rand(batch, config.num_patches, generator=g).to(device)
+    default_keys = layers.EXPLICIT_ATTENTION_MAX_KEYS
+
+    def step() -> float:
+        layers.EXPLICIT_ATTENTION_MAX_KEYS = default_keys if max_keys is None else max_keys
+        try:
+            sync(device)
+            t = time.perf_counter()
+            with autocast(device, amp):
+                loss = model(x, noise=noise, return_pred=return_pred).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync(device)
+            return time.perf_counter() - t
+        finally:
+            layers.EXPLICIT_ATTENTION_MAX_KEYS = default_keys
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--configs", default="micro,tiny,vit-b-d4", help="comma-separated shapes")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=11, help="timed rounds (default: 11)")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks",
+                   help="folder for <device>-speedups.md (default: results/benchmarks)")
+    p.add_argument("--smoke", action="store_true", help="toy shapes, one round: checks it runs")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    amp = autocast_dtype("auto", device)
+    warmup, repeats = (1, 1) if args.smoke else (2, args.repeats)
+    lines = [f"# Where the speed comes from: {device_name(str(device))}", "",
+             f"- git commit: {git_state()['git_commit']}"
+             + (" (uncommitted changes)" if git_state()["git_dirty"] else ""),
+             f"- torch {torch.__version__}, {repeats} rounds after {warmup} of warm-up", "",
+             "| shape | variant | images/s | +/- | mae / variant (per round) | +/- |",
+             "|---|---|---|---|---|---|"]
+    for name in [s.strip() for s in args.configs.split(",") if s.strip()]:
+        shape = SHAPES[name]
+        config = shape.config(**(SMOKE if args.smoke else {}))
+        batch = 2 if args.smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
+        steps = {v: stepper(config, batch, device, amp, *flags) for v, flags in VARIANTS.items()}
+        times: dict[str, list[float]] = {v: [] for v in steps}
+        for r in range(warmup + repeats):
+            for v, step in steps.items():
+                t = step()
+                if r >= warmup:
+                    times[v].append(t)
+        print(f"{name} ({shape.note}), batch {batch}")
+        for v, ts in times.items():
+            rate, spread = median_spread([batch / t for t in ts])
+            ratio, rspread = median_spread([tv / tm for tm, tv in zip(times["mae"], ts)])
+            print(f"  {v:<22} {rate:9.1f} images/s +/- {spread:.1f}   mae / this = "
+                  f"{ratio:.3f}x +/- {rspread:.3f}")
+            lines.append(f"| {name} | {v} | {rate:,.1f} | {spread:,.1f} | {ratio:.3f}x | "
+                         f"{rspread:.3f} |")
+    slug = device_slug(device) + ("-smoke" if args.smoke else "")
+    out = args.out / f"{slug}-speedups.md"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
