@@ -1,6 +1,6 @@
 """Where `mae`'s train-step speed comes from: each optimisation switched off in turn, in one run.
 
-    python benchmarks/speedups.py            # micro, tiny, vit-b-d4 on this machine (~4 min on 2 cores)
+    python benchmarks/speedups.py            # micro, tiny, vit-b-d4 here (~4 min on 2 cores)
     python benchmarks/speedups.py --smoke    # seconds: checks that it runs
 
 Variants, timed step by step in turn (one step of each per round, as in bench.py):
@@ -47,7 +47,8 @@ def stepper(config, batch: int, device, amp, max_keys, return_pred: bool, fused:
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
                             fused=fused_adamw(device) if fused else False)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, config.in_chans, config.img_size, config.img_size, generator=g).to(device)
+    size = (batch, config.in_chans, config.img_size, config.img_size)
+    x = torch.randn(size, generator=g).to(device)
     noise = torch.rand(batch, config.num_patches, generator=g).to(device)
     default_keys = layers.EXPLICIT_ATTENTION_MAX_KEYS
 

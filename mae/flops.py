@@ -14,7 +14,8 @@ def block_flops(tokens: int, dim: int, mlp_dim: int, queries: int | None = None)
     """One Transformer block on ``tokens`` tokens of width ``dim``; with ``queries``, only that
     many tokens are computed (keys and values still come from all of them)."""
     q = tokens if queries is None else queries
-    linear = 2 * (tokens * 2 * dim * dim + q * (2 * dim * dim + 2 * dim * mlp_dim))  # kv; q, proj, mlp
+    # k and v on every token; q, the output projection and the MLP on the computed ones
+    linear = 2 * (tokens * 2 * dim * dim + q * (2 * dim * dim + 2 * dim * mlp_dim))
     attention = 2 * 2 * q * tokens * dim  # q k^T and (weights) v
     return linear + attention
 

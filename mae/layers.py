@@ -12,12 +12,13 @@ from torch import nn
 # and head that are too small to pay at this length; from a few hundred keys on, the fused
 # kernel wins (it never writes the N x N weights to memory). Measured by benchmarks/bench.py and
 # benchmarks/speedups.py on 2 cores: at `micro` (17 and 65 keys) the written-out form makes the
-# whole train step ~10 % faster; at `tiny`'s decoder (257 keys) it is ~2x slower per block.
+# whole train step 5-12 % faster (over several runs); at `tiny`'s decoder (257 keys) it is about
+# twice as slow per block.
 EXPLICIT_ATTENTION_MAX_KEYS = 128
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over the last two dims: (B, h, M, d) x 2 (B, h, N, d) -> (B, h, M, d).
+    """softmax(q k^T / sqrt(d)) v: q (B, h, M, d), k and v (B, h, N, d) -> (B, h, M, d).
 
     The same function either way; the implementation is picked by device and key count (see
     `EXPLICIT_ATTENTION_MAX_KEYS`). On GPU it is always `F.scaled_dot_product_attention`, which
@@ -61,7 +62,8 @@ class Attention(nn.Module):
             w, b = self.qkv.weight, self.qkv.bias  # rows: q, k, v
             kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, N, 2D)
             k, v = kv.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
-            q = F.linear(gather_tokens(x, queries), w[:D], None if b is None else b[:D])  # (B, M, D)
+            xq = gather_tokens(x, queries)  # (B, M, D)
+            q = F.linear(xq, w[:D], None if b is None else b[:D])  # (B, M, D)
             q = q.view(B, -1, h, d).transpose(1, 2)  # (B, h, M, d)
         x = attention(q, k, v)  # (B, h, M, d)
         x = x.transpose(1, 2).reshape(B, -1, D)  # (B, M, D)

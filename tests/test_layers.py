@@ -51,7 +51,8 @@ def test_mlp_uses_exact_gelu():
     torch.testing.assert_close(mlp(x), expected)
 
 
-@pytest.mark.parametrize("tokens", [5, EXPLICIT_ATTENTION_MAX_KEYS, EXPLICIT_ATTENTION_MAX_KEYS + 1])
+@pytest.mark.parametrize("tokens", [5, EXPLICIT_ATTENTION_MAX_KEYS,
+                                    EXPLICIT_ATTENTION_MAX_KEYS + 1])
 def test_both_attention_paths_compute_the_same_function(tokens):
     """Written out below the key-count threshold, the fused kernel above it: both agree with
     torch's reference math, values and gradients."""
