@@ -86,13 +86,15 @@ SMOKE = dict(img_size=32, patch_size=8, encoder_dim=64, encoder_layers=1, encode
 
 
 # ----------------------------------------------------------------------------- the three models
-def build(impl: str, config: MAEConfig, device: torch.device) -> tuple[torch.nn.Module, Callable]:
-    """The model and a ``loss(images, noise)`` function, as that implementation's users call it."""
+def build(impl: str, config: MAEConfig, device: torch.device,
+          return_pred: bool = False) -> tuple[torch.nn.Module, Callable]:
+    """The model and a ``loss(images, noise)`` function, as that implementation's users call it
+    (``return_pred`` is mae's option; mae.train leaves it False)."""
     torch.manual_seed(0)
     if impl == "mae":
         model = MAE(config).to(device)
         # As mae.train calls it: no pixel predictions for visible patches, which the loss ignores.
-        return model, lambda x, noise: model(x, noise=noise, return_pred=False).loss
+        return model, lambda x, noise: model(x, noise=noise, return_pred=return_pred).loss
     if impl == "transformers":
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
@@ -130,9 +132,10 @@ class Stepper:
     """One implementation at one shape: a fixed batch, AdamW, and a timed train step."""
 
     def __init__(self, impl: str, config: MAEConfig, batch: int, device: torch.device,
-                 amp: torch.dtype | None, compile_model: bool = False) -> None:
+                 amp: torch.dtype | None, compile_model: bool = False,
+                 fused_optimizer: bool = True, return_pred: bool = False) -> None:
         self.impl, self.device, self.amp = impl, device, amp
-        self.model, loss_fn = build(impl, config, device)
+        self.model, loss_fn = build(impl, config, device, return_pred)
         self.params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if compile_model:
             loss_fn = torch.compile(loss_fn)
@@ -140,7 +143,8 @@ class Stepper:
         # The same optimizer for everyone: AdamW, the paper's betas and weight decay, torch's
         # fused kernel (transformers' Trainer default; mae.train uses it too).
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1.5e-4, betas=(0.9, 0.95),
-                                     weight_decay=0.05, fused=fused_adamw(device))
+                                     weight_decay=0.05,
+                                     fused=fused_adamw(device) if fused_optimizer else False)
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(batch, config.in_chans, config.img_size, config.img_size,
                              generator=g).to(device)
@@ -174,6 +178,12 @@ def median_spread(values: list[float]) -> tuple[float, float]:
         q1, _, q3 = statistics.quantiles(values, n=4)
         return statistics.median(values), (q3 - q1) / 2
     return statistics.median(values), (values[-1] - values[0]) / 2
+
+
+def paired_ratio(ours: list[float], other: list[float]) -> tuple[float, float]:
+    """Speed of ours over other from step times taken in the same rounds: median and half IQR
+    of the per-round ratios (other's time / ours)."""
+    return median_spread([t_other / t_ours for t_ours, t_other in zip(ours, other, strict=True)])
 
 
 def summary(times: list[float], batch: int) -> tuple[float, float]:
@@ -226,9 +236,9 @@ class PeakProbe:
 
 
 def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
-               probe: PeakProbe) -> tuple[dict[str, list[float]], float]:
+               probe: PeakProbe | None) -> tuple[dict[str, list[float]], float | None]:
     """Warm-up, then rounds of one step of each stepper in turn and one peak probe; returns the
-    step times per stepper and the median matmul rate of those rounds."""
+    step times per stepper and the median matmul rate of those rounds (None without a probe)."""
     times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(warmup):
         for s in steppers.values():
@@ -236,8 +246,9 @@ def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
     for _ in range(repeats):
         for name, s in steppers.items():
             times[name].append(s.step())
-        probe()
-    return times, probe.take()
+        if probe:
+            probe()
+    return times, probe.take() if probe else None
 
 
 def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, device, amp,
@@ -422,7 +433,7 @@ def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
     """
     a, b = ours.get("step_times"), peer.get("step_times")
     if a and b and len(a) == len(b):
-        r, spread = median_spread([tb / ta for ta, tb in zip(a, b)])  # peer's time / ours
+        r, spread = paired_ratio(a, b)
         how = "paired per round"
     else:
         r = ours["images_per_s"] / peer["images_per_s"]

@@ -3,7 +3,7 @@
     python benchmarks/speedups.py            # micro, tiny, vit-b-d4 here (~4 min on 2 cores)
     python benchmarks/speedups.py --smoke    # seconds: checks that it runs
 
-Variants, timed step by step in turn (one step of each per round, as in bench.py):
+Variants, timed step by step in turn (one step of each per round, bench.py's `interleave`):
 
 - ``mae``: the training step as ``mae.train`` runs it;
 - ``fused attention only``: `F.scaled_dot_product_attention` at every sequence length (no
@@ -20,54 +20,41 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from mae import MAE, layers
+from mae import layers
 from mae.provenance import device_name, git_state, write_text_atomic
-from mae.runtime import autocast, autocast_dtype, fused_adamw, pick_device
+from mae.runtime import autocast_dtype, pick_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SHAPES, SMOKE, device_slug, median_spread, sync  # noqa: E402
+from bench import SHAPES, SMOKE, Stepper, device_slug, interleave, paired_ratio, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (explicit attention up to this many keys, return_pred, fused AdamW)
-    "mae": (None, False, True),
-    "fused attention only": (0, False, True),
-    "every prediction": (None, True, True),
-    "for-loop AdamW": (None, False, False),
+VARIANTS = {  # name: (explicit attention up to this many keys, Stepper options)
+    "mae": (None, {}),
+    "fused attention only": (0, {}),
+    "every prediction": (None, {"return_pred": True}),
+    "for-loop AdamW": (None, {"fused_optimizer": False}),
 }
 
 
-def stepper(config, batch: int, device, amp, max_keys, return_pred: bool, fused: bool):
-    torch.manual_seed(0)
-    model = MAE(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                            fused=fused_adamw(device) if fused else False)
-    g = torch.Generator().manual_seed(1)
-    size = (batch, config.in_chans, config.img_size, config.img_size)
-    x = torch.randn(size, generator=g).to(device)
-    noise = torch.rand(batch, config.num_patches, generator=g).to(device)
-    default_keys = layers.EXPLICIT_ATTENTION_MAX_KEYS
+class VariantStepper(Stepper):
+    """mae's step with the written-out attention threshold set for its own steps only."""
 
-    def step() -> float:
-        layers.EXPLICIT_ATTENTION_MAX_KEYS = default_keys if max_keys is None else max_keys
+    def __init__(self, *args, max_keys: int | None = None, **kwargs) -> None:
+        super().__init__("mae", *args, **kwargs)
+        self.max_keys = max_keys
+
+    def step(self) -> float:
+        default = layers.EXPLICIT_ATTENTION_MAX_KEYS
+        if self.max_keys is not None:
+            layers.EXPLICIT_ATTENTION_MAX_KEYS = self.max_keys
         try:
-            sync(device)
-            t = time.perf_counter()
-            with autocast(device, amp):
-                loss = model(x, noise=noise, return_pred=return_pred).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync(device)
-            return time.perf_counter() - t
+            return super().step()
         finally:
-            layers.EXPLICIT_ATTENTION_MAX_KEYS = default_keys
-
-    return step
+            layers.EXPLICIT_ATTENTION_MAX_KEYS = default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,24 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         shape = SHAPES[name]
         config = shape.config(**(SMOKE if args.smoke else {}))
         batch = 2 if args.smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
-        steps = {v: stepper(config, batch, device, amp, *flags) for v, flags in VARIANTS.items()}
-        times: dict[str, list[float]] = {v: [] for v in steps}
-        for r in range(warmup + repeats):
-            for v, step in steps.items():
-                t = step()
-                if r >= warmup:
-                    times[v].append(t)
+        steppers = {v: VariantStepper(config, batch, device, amp, max_keys=keys, **options)
+                    for v, (keys, options) in VARIANTS.items()}
+        times, _ = interleave(steppers, warmup, repeats, probe=None)
         print(f"{name} ({shape.note}), batch {batch}")
         for v, ts in times.items():
-            rate, spread = median_spread([batch / t for t in ts])
-            ratio, rspread = median_spread([tv / tm for tm, tv in zip(times["mae"], ts)])
+            rate, spread = summary(ts, batch)
+            ratio, rspread = paired_ratio(times["mae"], ts)
             print(f"  {v:<22} {rate:9.1f} images/s +/- {spread:.1f}   mae / this = "
                   f"{ratio:.3f}x +/- {rspread:.3f}")
             lines.append(f"| {name} | {v} | {rate:,.1f} | {spread:,.1f} | {ratio:.3f}x | "
                          f"{rspread:.3f} |")
     slug = device_slug(device) + ("-smoke" if args.smoke else "")
     out = args.out / f"{slug}-speedups.md"
-    args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import MAEConfig
 from .layers import Block
+from .masking import gather_tokens
 from .pos_embed import sincos_2d
 
 
@@ -55,7 +56,7 @@ class Decoder(nn.Module):
         L = ids_restore.shape[1]
         if self.mask_token is not None:
             tokens = torch.cat([x[:, 1:], self.mask_token.expand(B, L + 1 - N, Dd)], dim=1)  # (B, L, Dd)
-            tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(B, L, Dd))  # (B, L, Dd)
+            tokens = gather_tokens(tokens, ids_restore)  # (B, L, Dd) in patch order
             x = torch.cat([x[:, :1], tokens], dim=1)  # (B, 1 + L, Dd)
         x = x + self.pos_embed  # (B, 1 + L, Dd)
         if only is None:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masking import gather_tokens
+
 
 # On CPU, attention over a few dozen keys is faster written out (two batched matmuls and a
 # softmax over the whole batch) than through the fused kernel, which works in tiles per sample
@@ -28,11 +30,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, M, N)
         return weights.softmax(dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v)
-
-
-def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of each sample: (B, N, D) and a (B, M) index -> (B, M, D)."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class Attention(nn.Module):

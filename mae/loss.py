@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .masking import gather_tokens
 from .patches import patchify
 
 NORM_PIX_EPS = 1e-6
@@ -31,7 +32,7 @@ def reconstruction_target(
     index ``only``, just those patches: (B, M, P)."""
     target = patchify(images.float(), patch_size)  # (B, L, P)
     if only is not None:
-        target = target.gather(1, only.unsqueeze(-1).expand(-1, -1, target.shape[-1]))  # (B, M, P)
+        target = gather_tokens(target, only)  # (B, M, P)
     return norm_pix_target(target) if norm_pix else target
 
 

@@ -28,6 +28,11 @@ class Masking(NamedTuple):
     ids_keep: torch.Tensor  # (B, K) original indices of the visible tokens
 
 
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The indexed rows of each sample: (B, N, D) and a (B, M) index -> (B, M, D)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 def random_noise(
     batch: int, num_patches: int, device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
@@ -144,7 +149,7 @@ def random_masking(
     Returns:
         `Masking(visible (B, K, D), mask (B, L), ids_restore (B, L), ids_keep (B, K))`.
     """
-    B, L, D = x.shape
+    B, L, _ = x.shape
     check_mask_ratio(mask_ratio, L)
     K = num_visible(L, mask_ratio)
     if noise is None:
@@ -155,7 +160,7 @@ def random_masking(
     ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: the first K are kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
     ids_keep = ids_shuffle[:, :K]  # (B, K)
-    visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
+    visible = gather_tokens(x, ids_keep)  # (B, K, D)
     mask = torch.ones(B, L, device=x.device)  # float32 whatever the activations: exact counts
     mask[:, :K] = 0  # (B, L) in shuffled order
     mask = torch.gather(mask, 1, ids_restore)  # (B, L) in original order
