@@ -10,7 +10,8 @@ Sections, all in this one process (peak memory on CPU comes from short child pro
 2. train step (forward + backward + AdamW step) in images/s for `mae`, for transformers'
    ``ViTMAEForPreTraining`` (its default SDPA attention) and for vit-pytorch's ``MAE``, built
    at the same widths, depths, heads, patch size, mask ratio and decoder; the implementations
-   are interleaved step by step so that machine noise hits all of them alike; warm-up, then the
+   are interleaved step by step (in an order that rotates from round to round) so that machine
+   noise hits all of them alike; warm-up, then the
    median of repeated steps, with the spread (half the interquartile range) beside it.
 3. achieved FLOP rate of our step (analytic FLOPs from ``mae.flops``) against section 1.
 4. encoder on visible patches only vs with mask tokens, at a ViT-L shape with depths / 4.
@@ -238,14 +239,17 @@ class PeakProbe:
 def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
                probe: PeakProbe | None) -> tuple[dict[str, list[float]], float | None]:
     """Warm-up, then rounds of one step of each stepper in turn and one peak probe; returns the
-    step times per stepper and the median matmul rate of those rounds (None without a probe)."""
+    step times per stepper and the median matmul rate of those rounds (None without a probe).
+    The order rotates from round to round, so that no implementation always runs first (after
+    the probe) or right after the same peer."""
     times: dict[str, list[float]] = {name: [] for name in steppers}
+    names = list(steppers)
     for _ in range(warmup):
         for s in steppers.values():
             s.step()
-    for _ in range(repeats):
-        for name, s in steppers.items():
-            times[name].append(s.step())
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(steppers[name].step())
         if probe:
             probe()
     return times, probe.take() if probe else None
@@ -398,10 +402,11 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "machine"]
     lines += [""] + """\
 Images/s are medians of repeated steps (implementations interleaved, one step of
-each per round); +/- is half the interquartile range. A ratio below is the median of
+each per round, the order rotating from round to round); +/- is half the interquartile range. A ratio below is the median of
 the per-round ratios of step times, +/- half their interquartile range. GFLOP/image
 are analytic (`mae.flops`: a step = 3 forward passes, counted as mae's training step
-runs them, the decoder's last block and pixel head on hidden patches only); % of
+runs them: the decoder's last block and pixel head on hidden patches only, its first
+block's mask-token projection once per batch); % of
 peak compares the achieved rate with the median rate of a matmul of the peak's size
 timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
 that two train steps add in a fresh process beyond the model and the batch

@@ -8,8 +8,9 @@ Variants, timed step by step in turn (one step of each per round, bench.py's `in
 - ``mae``: the training step as ``mae.train`` runs it;
 - ``fused attention only``: `F.scaled_dot_product_attention` at every sequence length (no
   written-out attention for short key sequences on CPU, ``mae.layers.EXPLICIT_ATTENTION_MAX_KEYS``);
-- ``every prediction``: ``return_pred=True``, the decoder's last block and pixel head on all
-  patches instead of the hidden ones only;
+- ``every prediction``: ``return_pred=True``, the decoder as ``Decoder.forward`` runs it (tokens
+  put back in patch order, each mask token projected per sample, the last block and pixel head
+  on all patches) instead of ``Decoder.forward_hidden``;
 - ``for-loop AdamW``: torch's AdamW without its fused kernel.
 
 Each variant's images/s and the per-round ratio ``mae`` / variant (median, +/- half the

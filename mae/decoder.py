@@ -7,6 +7,7 @@ It is only used during pre-training, so it can be small (Table 1a, 1b).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import MAEConfig
@@ -33,23 +34,16 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(Dd, eps=config.layer_norm_eps)
         self.pred = nn.Linear(Dd, config.patch_dim)
 
-    def forward(
-        self, latent: torch.Tensor, ids_restore: torch.Tensor, only: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predict every patch's pixels, or only those of the patches in ``only``.
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict every patch's pixels.
 
         Args:
             latent: (B, 1 + K, D) encoder output (CLS first, visible tokens in shuffled order),
                 or (B, 1 + L, D) in original order when the encoder kept mask tokens.
             ids_restore: (B, L) from the masking step.
-            only: optional (B, M) patch indices. The loss needs only the hidden patches, so
-                training passes them: every block but the last still runs on all 1 + L tokens
-                (they are the keys and values of the next), while the last block's queries, MLP
-                and the pixel head run on the M wanted tokens alone. Same values, less work.
 
         Returns:
-            (B, L, P) predicted patches in the original patch order, or (B, M, P) in the order
-            of ``only``.
+            (B, L, P) predicted patches in the original patch order.
         """
         x = self.embed(latent)  # (B, 1 + K, Dd)
         B, N, Dd = x.shape
@@ -59,11 +53,54 @@ class Decoder(nn.Module):
             tokens = gather_tokens(tokens, ids_restore)  # (B, L, Dd) in patch order
             x = torch.cat([x[:, :1], tokens], dim=1)  # (B, 1 + L, Dd)
         x = x + self.pos_embed  # (B, 1 + L, Dd)
-        if only is None:
-            for block in self.blocks:
-                x = block(x)
-            return self.pred(self.norm(x[:, 1:]))  # (B, L, P) without the CLS token
-        for block in self.blocks[:-1]:
+        for block in self.blocks:
             x = block(x)
-        x = self.blocks[-1](x, queries=only + 1)  # (B, M, Dd); token 0 is the CLS token
-        return self.pred(self.norm(x))  # (B, M, P)
+        return self.pred(self.norm(x[:, 1:]))  # (B, L, P) without the CLS token
+
+    def forward_hidden(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, num_visible: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict the hidden patches only (the loss needs nothing else): the same values as
+        ``forward`` at those patches, with less work.
+
+        - The blocks are permutation-equivariant (positions enter only through the added
+          embedding), so the tokens stay in masking order -- CLS, the K visible, then the L - K
+          hidden -- instead of being put back in patch order: no unshuffle.
+        - A mask token is one learned vector plus its position's embedding, so the first block
+          projects each position's mask token once per batch, not once per sample
+          (`Block.forward_table_tail`).
+        - Every block but the last runs on all 1 + L tokens (they are the keys and values of
+          the next); the last block's queries, its MLP and the pixel head run on the hidden
+          tail alone.
+
+        Args:
+            latent, ids_restore: as for ``forward``.
+            num_visible: K, the number of visible patches per sample (`mae.config.num_visible`).
+
+        Returns:
+            ``(pred, hidden)``: (B, L - K, P) predictions for the patches ``hidden`` (B, L - K),
+            the hidden patch indices in masking order.
+        """
+        K = num_visible
+        x = self.embed(latent)  # (B, 1 + K, Dd), or (B, 1 + L, Dd) with encoder mask tokens
+        B, N, Dd = x.shape
+        ids_shuffle = ids_restore.argsort(dim=1)  # (B, L) masking order: the first K are kept
+        hidden = ids_shuffle[:, K:]  # (B, L - K)
+        pos = self.pos_embed[0]  # (1 + L, Dd)
+        blocks = list(self.blocks)
+        if self.mask_token is None:  # all L tokens came from the encoder, in patch order
+            x = x + pos  # (B, 1 + L, Dd)
+            queries: torch.Tensor | int = hidden + 1  # token 0 is the CLS token
+        else:
+            order = torch.cat([ids_shuffle.new_zeros(B, 1), ids_shuffle[:, :K] + 1], dim=1)
+            x = x + F.embedding(order, pos)  # (B, 1 + K, Dd) CLS and visible, positioned
+            table = self.mask_token[0] + pos[1:]  # (L, Dd) the mask token at every position
+            if len(blocks) > 1:
+                x = blocks.pop(0).forward_table_tail(x, table, hidden)  # (B, 1 + L, Dd)
+            else:
+                x = torch.cat([x, F.embedding(hidden, table)], dim=1)  # (B, 1 + L, Dd)
+            queries = 1 + K  # the hidden tail
+        for block in blocks[:-1]:
+            x = block(x)
+        x = blocks[-1](x, queries=queries)  # (B, L - K, Dd)
+        return self.pred(self.norm(x)), hidden

@@ -24,7 +24,8 @@ def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, i
     """Forward FLOPs per image of the encoder, the decoder, and their sum (``total``: every
     patch predicted, what ``model(images)`` computes). ``train_step`` is three times the forward
     pass as training runs it (``return_pred=False``: the decoder's last block and pixel head
-    only on the hidden patches), ``train_decoder`` that pass's decoder share."""
+    only on the hidden patches, the first block's mask-token projection shared by the batch),
+    ``train_decoder`` that pass's decoder share."""
     c = config
     L = c.num_patches
     K = num_visible(L, c.mask_ratio if mask_ratio is None else mask_ratio)
@@ -40,5 +41,9 @@ def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, i
     if K < L:  # the last block's queries and the head only on the L - K hidden patches
         last = block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim, queries=L - K)
         train_decoder = projection + (c.decoder_layers - 1) * block + last + (L - K) * head
+        if not c.encoder_mask_tokens and c.decoder_layers > 1:
+            # The first block projects the mask tokens once per position and batch
+            # (`Block.forward_table_tail`), not per image: L rows per batch, not counted.
+            train_decoder -= 2 * (L - K) * 3 * c.decoder_dim * c.decoder_dim
     return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder,
             "train_decoder": train_decoder, "train_step": 3 * (encoder + train_decoder)}

@@ -32,6 +32,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def select_tokens(x: torch.Tensor, queries: torch.Tensor | int) -> torch.Tensor:
+    """The tokens a ``queries`` argument names: a (B, M) index, or an int ``s`` for the tokens
+    from position s on (a view, no copy). (B, N, D) -> (B, M, D)."""
+    return x[:, queries:] if isinstance(queries, int) else gather_tokens(x, queries)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused QKV projection."""
 
@@ -43,27 +49,33 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | int | None = None) -> torch.Tensor:
         """(B, N, D) -> (B, N, D).
 
-        With ``queries``, a (B, M) index of tokens, only those tokens are updated: they attend
-        to all N tokens as before, but queries, output projection and what follows are computed
-        for M tokens, not N. (B, N, D) -> (B, M, D), in the order of ``queries``.
+        With ``queries`` (see `select_tokens`: a (B, M) index, or an int s for the tokens from
+        s on), only those tokens are updated: they attend to all N tokens as before, but
+        queries, output projection and what follows are computed for M tokens, not N.
+        (B, N, D) -> (B, M, D), in the order of ``queries``.
         """
+        if queries is None:
+            return self.attend(self.qkv(x))
         B, N, D = x.shape
         h, d = self.heads, D // self.heads
-        if queries is None:
-            qkv = self.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-            q, k, v = qkv.unbind(0)  # 3 x (B, h, N, d)
-        else:
-            w, b = self.qkv.weight, self.qkv.bias  # rows: q, k, v
-            kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, N, 2D)
-            k, v = kv.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
-            xq = gather_tokens(x, queries)  # (B, M, D)
-            q = F.linear(xq, w[:D], None if b is None else b[:D])  # (B, M, D)
-            q = q.view(B, -1, h, d).transpose(1, 2)  # (B, h, M, d)
-        x = attention(q, k, v)  # (B, h, M, d)
-        x = x.transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
+        w, b = self.qkv.weight, self.qkv.bias  # rows: q, k, v
+        kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, N, 2D)
+        k, v = kv.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
+        q = F.linear(select_tokens(x, queries), w[:D], None if b is None else b[:D])  # (B, M, D)
+        q = q.view(B, -1, h, d).transpose(1, 2)  # (B, h, M, d)
+        x = attention(q, k, v).transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
+        return self.proj(x)
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention and output projection from already projected tokens: (B, N, 3D), laid out
+        as ``self.qkv``'s output, -> (B, N, D)."""
+        B, N, D3 = qkv.shape
+        h, d = self.heads, D3 // (3 * self.heads)
+        q, k, v = qkv.view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+        x = attention(q, k, v).transpose(1, 2).reshape(B, N, D3 // 3)  # (B, N, D)
         return self.proj(x)
 
 
@@ -109,11 +121,36 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with a (B, M) ``queries`` index, only those tokens are
-        computed (they still attend to all N): (B, N, D) -> (B, M, D)."""
-        residual = x if queries is None else gather_tokens(x, queries)  # (B, M, D)
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | int | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with ``queries`` (a (B, M) index or an int start, see
+        `select_tokens`), only those tokens are computed (they still attend to all N):
+        (B, N, D) -> (B, M, D)."""
+        residual = x if queries is None else select_tokens(x, queries)  # (B, M, D)
         x = residual + self.drop_path(self.attn(self.norm1(x), queries))  # (B, M, D)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_table_tail(
+        self, head: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
+    ) -> torch.Tensor:
+        """The block on ``cat([head, table[index]])``, with the tail's norm and QKV projection
+        computed once per table row instead of once per token.
+
+        The MAE decoder's input is such a sequence: each mask token is the same learned vector
+        plus its position's embedding, a row of one (L, D) table shared by the whole batch. Its
+        first block's queries, keys and values for those tokens depend on the position only.
+
+        Args:
+            head: (B, N, D) tokens that differ per sample (CLS and visible tokens).
+            table: (T, D) the possible tail tokens.
+            index: (B, M) rows of ``table`` that follow ``head`` in each sample.
+
+        Returns:
+            (B, N + M, D), the same values as ``self(torch.cat([head, table[index]], dim=1))``.
+        """
+        x = torch.cat([head, F.embedding(index, table)], dim=1)  # (B, N + M, D)
+        qkv = torch.cat([self.attn.qkv(self.norm1(head)),  # (B, N, 3D)
+                         F.embedding(index, self.attn.qkv(self.norm1(table)))], dim=1)
+        x = x + self.drop_path(self.attn.attend(qkv))  # (B, N + M, D)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

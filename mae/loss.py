@@ -20,9 +20,10 @@ def norm_pix_target(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.T
     The epsilon keeps flat patches (variance 0, e.g. sky) finite; the unbiased variance matches
     the reference implementation.
     """
-    mean = patches.mean(dim=-1, keepdim=True)  # (B, L, 1)
-    var = patches.var(dim=-1, keepdim=True, unbiased=True)  # (B, L, 1)
-    return (patches - mean) / (var + eps).sqrt()  # (B, L, P)
+    centred = patches - patches.mean(dim=-1, keepdim=True)  # (B, L, P)
+    # The unbiased variance written out: torch.var over a short last dimension is ~5x slower.
+    var = centred.pow(2).sum(dim=-1, keepdim=True) / (patches.shape[-1] - 1)  # (B, L, 1)
+    return centred / (var + eps).sqrt()  # (B, L, P)
 
 
 def reconstruction_target(

@@ -103,9 +103,7 @@ class MAE(nn.Module):
             pred = self.decoder(latent, ids_restore)  # (B, L, P)
             target = reconstruction_target(images, c.patch_size, c.norm_pix_loss)
             return MAEOutput(masked_mse(pred, target, mask), pred, mask)
-        # Every sample hides the same L - K patches: the last L - K of the masking order.
-        hidden = ids_restore.argsort(dim=1)[:, K:]  # (B, L - K) patch indices
-        pred = self.decoder(latent, ids_restore, only=hidden)  # (B, L - K, P)
+        pred, hidden = self.decoder.forward_hidden(latent, ids_restore, K)  # (B, L - K, P)
         target = reconstruction_target(images, c.patch_size, c.norm_pix_loss, only=hidden)
         loss = (pred.float() - target).pow(2).mean()  # = masked_mse over the hidden patches
         return MAEOutput(loss, None, mask)

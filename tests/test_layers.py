@@ -81,3 +81,29 @@ def test_block_with_queries_equals_the_full_block_at_those_tokens(qkv_bias):
     full = block(x)
     expected = full.gather(1, queries.unsqueeze(-1).expand(-1, -1, 32))
     torch.testing.assert_close(block(x, queries=queries), expected)
+
+
+def test_block_with_an_int_query_start_equals_the_full_block_from_there():
+    torch.manual_seed(0)
+    block = Block(32, 4).double()
+    x = torch.randn(3, 11, 32, dtype=torch.float64)
+    torch.testing.assert_close(block(x, queries=4), block(x)[:, 4:])
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_block_on_a_table_tail_equals_the_block_on_the_gathered_sequence(qkv_bias):
+    """forward_table_tail projects each table row once; values and gradients (of the block's
+    weights, the head and the table) are those of the block on the concatenated sequence."""
+    torch.manual_seed(0)
+    block = Block(32, 4, qkv_bias=qkv_bias).double()
+    head = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(9, 32, dtype=torch.float64, requires_grad=True)
+    index = torch.stack([torch.randperm(9)[:6] for _ in range(3)])  # (B, M), rows may repeat
+    index[0, 1] = index[0, 0]
+    ours = block.forward_table_tail(head, table, index)
+    ref = block(torch.cat([head, table[index]], dim=1))
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    inputs = (head, table, *block.parameters())
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b)

@@ -162,6 +162,7 @@ def test_default_config_is_vit_b():
 @pytest.mark.parametrize("variant", [
     {}, {"norm_pix_loss": True}, {"encoder_mask_tokens": True}, {"mask_sampling": "block"},
     {"decoder_layers": 2, "mask_ratio": 0.5}, {"mask_ratio": 0.9, "qkv_bias": False},
+    {"decoder_layers": 3}, {"encoder_mask_tokens": True, "decoder_layers": 2},
 ])
 def test_training_forward_skips_visible_predictions_with_the_same_loss_and_gradients(
         small_config, variant):
@@ -187,6 +188,27 @@ def test_training_forward_skips_visible_predictions_with_the_same_loss_and_gradi
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-9,
                                    msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"decoder_layers": 2}, {"decoder_layers": 3, "mask_ratio": 0.5},
+    {"encoder_mask_tokens": True, "decoder_layers": 2},
+])
+def test_decoder_hidden_path_equals_the_full_decoder_at_the_hidden_patches(small_config, variant):
+    """forward_hidden keeps masking order and shares the mask tokens' first projection, yet
+    predicts exactly what the full decoder predicts at the hidden patches; ``hidden`` lists
+    the hidden patches, in masking order."""
+    torch.manual_seed(0)
+    model = MAE(small_config.replace(**variant)).double()
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    noise = torch.rand(3, 64)
+    latent, mask, ids_restore = model.encoder(images, model.config.mask_ratio, noise)
+    K = 64 - int(mask[0].sum())
+    full = model.decoder(latent, ids_restore)  # (B, L, P)
+    pred, hidden = model.decoder.forward_hidden(latent, ids_restore, K)
+    assert torch.equal(hidden, noise.argsort(dim=1)[:, K:])
+    assert bool((mask.gather(1, hidden) == 1).all())
+    torch.testing.assert_close(pred, full.gather(1, hidden.unsqueeze(-1).expand(-1, -1, 48)))
 
 
 def test_training_forward_with_nothing_hidden_predicts_everything(small_config):
