@@ -9,10 +9,13 @@ Sections, all in this one process (peak memory on CPU comes from short child pro
 1. matmul peak: the best median rate of large square matmuls (float32 on CPU, bf16 on CUDA).
 2. train step (forward + backward + AdamW step) in images/s for `mae`, for transformers'
    ``ViTMAEForPreTraining`` (its default SDPA attention) and for vit-pytorch's ``MAE``, built
-   at the same widths, depths, heads, patch size, mask ratio and decoder; the implementations
-   are interleaved step by step (in an order that rotates from round to round) so that machine
-   noise hits all of them alike; warm-up, then the
-   median of repeated steps, with the spread (half the interquartile range) beside it.
+   at the same widths, depths, heads, patch size, mask ratio and decoder. vit-pytorch's MAE has
+   no CLS token, so `mae` also runs at that architecture (``mae no-CLS``, ``cls_token=False``)
+   and is compared with vit-pytorch as such; ``mae`` (with the paper's CLS token) is compared
+   with transformers, which has one. The implementations are interleaved step by step (in an
+   order that rotates from round to round) so that machine noise hits all of them alike;
+   warm-up, then the median of repeated steps, with the spread (half the interquartile range)
+   beside it.
 3. achieved FLOP rate of our step (analytic FLOPs from ``mae.flops``) against section 1.
 4. encoder on visible patches only vs with mask tokens, at a ViT-L shape with depths / 4.
 5. data pipeline (gather + batched crop / flip / resize + masks) against the train steps.
@@ -51,6 +54,11 @@ from mae.runtime import autocast, autocast_dtype, fused_adamw, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("mae", "transformers", "vit-pytorch")
+# vit-pytorch's MAE has no CLS token (its encoder never prepends one): `mae` is compared with it
+# at that architecture too, built with cls_token=False, so the ratio compares equal work.
+NO_CLS = "mae no-CLS"
+ARCH = {"mae": {}, "transformers": {}, "vit-pytorch": {"cls_token": False}, NO_CLS: {"cls_token": False}}
+MATCHED = {"transformers": "mae", "vit-pytorch": NO_CLS}  # peer -> mae at its architecture
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,8 @@ def build(impl: str, config: MAEConfig, device: torch.device,
     """The model and a ``loss(images, noise)`` function, as that implementation's users call it
     (``return_pred`` is mae's option; mae.train leaves it False)."""
     torch.manual_seed(0)
-    if impl == "mae":
-        model = MAE(config).to(device)
+    if impl in ("mae", NO_CLS):
+        model = MAE(config.replace(**ARCH[impl])).to(device)
         # As mae.train calls it: no pixel predictions for visible patches, which the loss ignores.
         return model, lambda x, noise: model(x, noise=noise, return_pred=return_pred).loss
     if impl == "transformers":
@@ -121,7 +129,8 @@ def build(impl: str, config: MAEConfig, device: torch.device,
 
 def available(impl: str) -> str | None:
     """None when the implementation can be imported, else why not."""
-    module = {"mae": "mae", "transformers": "transformers", "vit-pytorch": "vit_pytorch"}[impl]
+    module = {"mae": "mae", NO_CLS: "mae", "transformers": "transformers",
+              "vit-pytorch": "vit_pytorch"}[impl]
     try:
         __import__(module)
     except ImportError as err:
@@ -257,16 +266,20 @@ def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
 
 def compare(shape: Shape, config: MAEConfig, impls: list[str], batch: int, device, amp,
             warmup: int, repeats: int, compile_modes: list[bool], probe: PeakProbe) -> list[dict]:
-    """Interleaved train steps of every implementation (and compile mode) at one shape."""
+    """Interleaved train steps of every implementation (and compile mode) at one shape; with
+    vit-pytorch, also `mae` at vit-pytorch's architecture (``NO_CLS``)."""
+    if "mae" in impls and "vit-pytorch" in impls:
+        impls = [*impls[:impls.index("mae") + 1], NO_CLS, *impls[impls.index("mae") + 1:]]
     steppers = {}
     for impl in impls:
         for comp in compile_modes:
             name = impl + (" +compile" if comp else "")
             steppers[name] = Stepper(impl, config, batch, device, amp, comp)
     times, peak = interleave(steppers, warmup, repeats, probe)
-    flops = mae_flops(config)["train_step"]
     rows = []
     for name, s in steppers.items():
+        # FLOPs of the architecture this implementation builds, counted as mae runs it.
+        flops = mae_flops(config.replace(**ARCH[s.impl]))["train_step"]
         rate, spread = summary(times[name], batch)
         rows.append(dict(section="train_step", shape=shape.name, impl=name, batch=batch,
                          params=s.params, images_per_s=rate, spread=spread,
@@ -402,12 +415,14 @@ def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Pat
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "machine"]
     lines += [""] + """\
 Images/s are medians of repeated steps (implementations interleaved, one step of
-each per round, the order rotating from round to round); +/- is half the interquartile range. A ratio below is the median of
-the per-round ratios of step times, +/- half their interquartile range. GFLOP/image
-are analytic (`mae.flops`: a step = 3 forward passes, counted as mae's training step
-runs them: the decoder's last block and pixel head on hidden patches only, its first
-block's mask-token projection once per batch); % of
-peak compares the achieved rate with the median rate of a matmul of the peak's size
+each per round, the order rotating from round to round); +/- is half the
+interquartile range. A ratio below is the median of the per-round ratios of step
+times, +/- half their interquartile range. vit-pytorch's MAE has no CLS token: it is
+compared with `mae no-CLS`, mae built the same way (`cls_token=False`); transformers
+with `mae`. GFLOP/image are analytic, for the architecture the row builds (`mae.flops`:
+a step = 3 forward passes, counted as mae's training step runs them: the decoder's last
+block and pixel head on hidden patches only, its first block's mask-token projection
+once per batch); % of peak compares the achieved rate with the median rate of a matmul of the peak's size
 timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
 that two train steps add in a fresh process beyond the model and the batch
 (activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
@@ -445,7 +460,7 @@ def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
         spread = r * (ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"])
         how = "both spreads added"
     ahead = r - 1 > spread
-    return (f"{ours['shape']}: mae / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, {how})"
+    return (f"{ours['shape']}: {ours['impl']} / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, {how})"
             f"{'' if ahead else '  <- not ahead by more than the spread'}"), ahead
 
 
@@ -581,13 +596,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in shapes:
         for comp in compile_modes:
             suffix = " +compile" if comp else ""
-            ours = by.get(("train_step", name, "mae" + suffix))
-            for peer in impls[1:] if impls and impls[0] == "mae" else []:
+            for peer in [i for i in impls if i != "mae"] if "mae" in impls else []:
+                ours = by.get(("train_step", name, MATCHED[peer] + suffix))
                 other = by.get(("train_step", name, peer + suffix))
                 if ours and other:
                     line, ahead = ratio_line(ours, other)
                     ratios.append(line)
                     ahead_all &= ahead
+            ours = by.get(("train_step", name, "mae" + suffix))
+            other = by.get(("train_step", name, "vit-pytorch" + suffix))
+            if ours and other:  # for information: not the same architecture
+                line, _ = ratio_line(ours, other)
+                ratios.append(line.split("  <-")[0] + " (mae with its CLS token: one more token "
+                              "per sequence than vit-pytorch; not counted)")
     for name in shapes:
         r = by.get(("train_step", name, "mae"))
         if r:

@@ -78,8 +78,12 @@ def load_checkpoint(
     return ckpt
 
 
-def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str) -> None:
-    """Raise `CheckpointError` naming every key whose value differs."""
+def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str,
+                 defaults: Mapping[str, Any] | None = None) -> None:
+    """Raise `CheckpointError` naming every key whose value differs. A key missing from
+    ``found`` takes its value from ``defaults`` when given (a checkpoint written before an option
+    existed was made with that option's default)."""
+    found = {**(defaults or {}), **found}
     keys = sorted(set(found) | set(want))
     diffs = [f"{k}: checkpoint {found.get(k, '<absent>')!r} vs requested {want.get(k, '<absent>')!r}"
              for k in keys if found.get(k, "<absent>") != want.get(k, "<absent>")]

@@ -108,6 +108,9 @@ class MAEConfig(ConfigBase):
     norm_pix_loss: bool = False
     # Table 1c / Table 2: run the encoder on all patches, masked ones replaced by a mask token.
     encoder_mask_tokens: bool = False
+    # A learned CLS token first in the encoder's (and decoder's) sequence, as in the paper and
+    # its code; False: patch tokens only (vit-pytorch's MAE; probe with features="mean").
+    cls_token: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -140,6 +143,11 @@ class MAEConfig(ConfigBase):
     def num_visible(self) -> int:
         """K, the patches the encoder sees at the default mask ratio."""
         return num_visible(self.num_patches, self.mask_ratio)
+
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the patch tokens in every sequence: 1 with a CLS token, else 0."""
+        return int(self.cls_token)
 
     @property
     def encoder_mlp_dim(self) -> int:

@@ -111,9 +111,16 @@ def _check_pos(key: str, value: torch.Tensor, config: MAEConfig, part: str) -> N
         )
 
 
+def _require_cls_token(config: MAEConfig, fmt: str) -> None:
+    if not config.cls_token:
+        raise ConversionError(f"{fmt} MAE always has a CLS token, this model has none "
+                              f"(cls_token=False): build it with cls_token=True to convert.")
+
+
 # ----- import ---------------------------------------------------------------------------------
 def from_official(state_dict: Mapping[str, Any], config: MAEConfig) -> StateDict:
     """Official facebookresearch/mae names -> `mae` names."""
+    _require_cls_token(config, "the official")
     out, unexpected = {}, []
     for key, value in unwrap(state_dict).items():
         if key in OFFICIAL_POS:
@@ -130,6 +137,7 @@ def from_official(state_dict: Mapping[str, Any], config: MAEConfig) -> StateDict
 
 def from_transformers(state_dict: Mapping[str, Any], config: MAEConfig) -> StateDict:
     """transformers ViTMAEForPreTraining names (current or legacy) -> `mae` names."""
+    _require_cls_token(config, "transformers'")
     current = {}
     for key, value in unwrap(state_dict).items():
         for pattern, repl in LEGACY_TRANSFORMERS:
@@ -182,6 +190,7 @@ def to_official(model: MAE) -> StateDict:
     if model.config.encoder_mask_tokens:
         raise ConversionError("the official MAE has no mask tokens in the encoder: "
                               "this model (encoder_mask_tokens=True) cannot be exported to it.")
+    _require_cls_token(model.config, "the official")
     out = {_rename(k, OFFICIAL_NAMES): v.detach().clone() for k, v in model.state_dict().items()}
     c = model.config
     out["pos_embed"] = sincos_2d(c.encoder_dim, c.grid_size, cls_token=True).unsqueeze(0)
@@ -194,6 +203,7 @@ def to_transformers(model: MAE, legacy: bool = False) -> StateDict:
     if model.config.encoder_mask_tokens:
         raise ConversionError("transformers' ViTMAE has no mask tokens in the encoder: "
                               "this model (encoder_mask_tokens=True) cannot be exported to it.")
+    _require_cls_token(model.config, "transformers'")
     out = {}
     for key, value in model.state_dict().items():
         value = value.detach().clone()
@@ -297,6 +307,7 @@ def config_from_transformers(hf_config: Any, **overrides: Any) -> MAEConfig:
 
 def transformers_config_kwargs(config: MAEConfig) -> dict[str, Any]:
     """Keyword arguments for ``transformers.ViTMAEConfig`` describing the same model."""
+    _require_cls_token(config, "transformers'")
     return dict(
         image_size=config.img_size, patch_size=config.patch_size, num_channels=config.in_chans,
         hidden_size=config.encoder_dim, num_hidden_layers=config.encoder_layers,

@@ -1,6 +1,7 @@
 """The MAE encoder: a ViT that sees only the visible patches (the paper, section 3, "MAE encoder").
 
 keep the visible patches -> embed them, add their positions -> prepend CLS -> blocks -> norm.
+(T, below, is the number of tokens before the patch tokens: 1 for the CLS token, 0 without.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .pos_embed import sincos_2d
 
 
 class EncoderOutput(NamedTuple):
-    latent: torch.Tensor  # (B, 1 + K, D): CLS then the visible tokens (or 1 + L with mask tokens)
+    latent: torch.Tensor  # (B, T + K, D): CLS then the visible tokens (or T + L with mask tokens)
     mask: torch.Tensor  # (B, L) 1 = hidden, 0 = visible
     ids_restore: torch.Tensor  # (B, L)
 
@@ -53,7 +54,7 @@ class Encoder(nn.Module):
         self.config = config
         D = config.encoder_dim
         self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, D)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.cls_token else None
         # Table 1c / Table 2 variant: hidden patches enter the encoder as a learned mask token.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if config.encoder_mask_tokens else None
         # Fixed, not learned (appendix A.1); a buffer outside the state dict, rebuilt from config.
@@ -93,8 +94,9 @@ class Encoder(nn.Module):
             x = self.patch_embed.embed(patches) + pos  # (B, L, D)
             hidden = masking.mask.unsqueeze(-1).bool()  # (B, L, 1)
             x = torch.where(hidden, self.mask_token + pos, x)  # (B, L, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (B, 1 + K, D)
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + K, D)
         for block in self.blocks:
             x = block(x)
         return EncoderOutput(self.norm(x), masking.mask, masking.ids_restore)

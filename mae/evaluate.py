@@ -31,6 +31,10 @@ def extract_features(
 
     pool: ``cls`` (the CLS token, as the paper's linear probe) or ``mean`` (of the patch tokens).
     """
+    if pool == "cls" and not model.config.cls_token:
+        raise ValueError("pool='cls' needs a CLS token, but the model was built with "
+                         "cls_token=False: use pool='mean' (features: mean).")
+    T = model.config.num_prefix
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -39,8 +43,8 @@ def extract_features(
         images = data.images[start:start + batch_size].to(device)
         x = resize_batch(images, model.config.img_size, data.mean, data.std)
         with autocast(device, amp):
-            latent = model.features(x)  # (B, 1 + L, D)
-        feats.append((latent[:, 0] if pool == "cls" else latent[:, 1:].mean(1)).float())
+            latent = model.features(x)  # (B, T + L, D)
+        feats.append((latent[:, 0] if pool == "cls" else latent[:, T:].mean(1)).float())
     model.train(was_training)
     return torch.cat(feats), data.labels.to(device)
 
@@ -137,8 +141,8 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, classes) logits."""
-        latent = self.encoder(images, 0.0).latent  # (B, 1 + L, D)
-        return self.head(self.fc_norm(latent[:, 1:].mean(1)))
+        latent = self.encoder(images, 0.0).latent  # (B, T + L, D)
+        return self.head(self.fc_norm(latent[:, self.encoder.config.num_prefix:].mean(1)))
 
     def layer_id(self, name: str) -> int:
         """0 for the embedding, i + 1 for block i, depth + 1 for the rest (for lr decay)."""

@@ -29,17 +29,18 @@ def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, i
     c = config
     L = c.num_patches
     K = num_visible(L, c.mask_ratio if mask_ratio is None else mask_ratio)
+    T = c.num_prefix  # the CLS token, if any
     embedded = L if c.encoder_mask_tokens else K
     encoder = 2 * embedded * c.patch_dim * c.encoder_dim  # the patch embedding
-    encoder += c.encoder_layers * block_flops(1 + embedded, c.encoder_dim, c.encoder_mlp_dim)
-    projection = 2 * (1 + embedded) * c.encoder_dim * c.decoder_dim
+    encoder += c.encoder_layers * block_flops(T + embedded, c.encoder_dim, c.encoder_mlp_dim)
+    projection = 2 * (T + embedded) * c.encoder_dim * c.decoder_dim
 
-    block = block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim)
+    block = block_flops(T + L, c.decoder_dim, c.decoder_mlp_dim)
     head = 2 * c.decoder_dim * c.patch_dim  # the pixel head, per predicted patch
     decoder = projection + c.decoder_layers * block + L * head
     train_decoder = decoder
     if K < L:  # the last block's queries and the head only on the L - K hidden patches
-        last = block_flops(1 + L, c.decoder_dim, c.decoder_mlp_dim, queries=L - K)
+        last = block_flops(T + L, c.decoder_dim, c.decoder_mlp_dim, queries=L - K)
         train_decoder = projection + (c.decoder_layers - 1) * block + last + (L - K) * head
         if not c.encoder_mask_tokens and c.decoder_layers > 1:
             # The first block projects the mask tokens once per position and batch

@@ -110,6 +110,7 @@ class MAE(nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Encoder output on all patches (no masking): (B, 1 + L, D), CLS token first."""
+        """Encoder output on all patches (no masking): (B, 1 + L, D), CLS token first ((B, L, D)
+        with ``cls_token=False``)."""
         self.check_images(images)
         return self.encoder(images, 0.0).latent

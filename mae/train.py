@@ -192,8 +192,9 @@ def pretrain(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / CHECKPOINT).is_file():
-            ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
-                                   map_location=device)
+            ckpt = load_checkpoint(out / CHECKPOINT, map_location=device)
+            check_config(ckpt["config"]["model"], configs["model"],
+                         f"{out / CHECKPOINT} (model config)", defaults=MAEConfig().to_dict())
             _check_resumable(ckpt["config"]["train"], configs["train"])
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -284,6 +285,7 @@ def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     """The recipe must match to resume; how far to run (max_steps) and checkpointing may change."""
     free = {"max_steps", "checkpoint_every", "num_threads", "device", "compile"}
     check_config({k: v for k, v in found.items() if k not in free},
-                 {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)")
+                 {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)",
+                 defaults={k: v for k, v in TrainConfig().to_dict().items() if k not in free})
 
 

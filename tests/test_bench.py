@@ -30,10 +30,11 @@ def test_smoke_run_writes_every_section(tmp_path):
         assert "data_pipeline" in sections
     impls = {(r["shape"], r["impl"]) for r in rows if r["section"] == "train_step"}
     for shape in ("micro", "tiny", "vit-b-d4"):
-        assert {(shape, i) for i in ("mae", "transformers", "vit-pytorch")} <= impls
+        assert {(shape, i) for i in ("mae", "mae no-CLS", "transformers", "vit-pytorch")} <= impls
     assert any(r["peak_mem_mib"] for r in rows)
     text = md.read_text()
-    assert "## Ratios" in text and "mae / transformers" in text and "mae / vit-pytorch" in text
+    assert "## Ratios" in text and "mae / transformers" in text
+    assert "mae no-CLS / vit-pytorch" in text and "mae / vit-pytorch" in text
     assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
 
 
@@ -56,8 +57,9 @@ def test_same_architecture_in_every_implementation():
     config = bench.shape_config("micro", smoke=False)
     counts = {i: sum(p.numel() for p in bench.build(i, config, torch.device("cpu"))[0].parameters()
                   if p.requires_grad)  # transformers keeps its fixed sin-cos tables as parameters
-              for i in bench.IMPLS}
+              for i in (*bench.IMPLS, bench.NO_CLS)}
     assert counts["mae"] == counts["transformers"]
+    assert counts[bench.NO_CLS] == counts["mae"] - config.encoder_dim  # only the CLS token
     assert abs(counts["vit-pytorch"] - counts["mae"]) / counts["mae"] < 0.03
 
 

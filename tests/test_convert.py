@@ -187,3 +187,10 @@ def test_bad_format_and_unexportable_models():
     for export in (to_official, to_transformers):
         with pytest.raises(ConversionError, match="encoder_mask_tokens=True"):
             export(tokens)
+    no_cls = MAE(config.replace(cls_token=False))
+    for export in (to_official, to_transformers):
+        with pytest.raises(ConversionError, match="cls_token=False"):
+            export(no_cls)
+    for fmt, export in (("official", to_official), ("transformers", to_transformers)):
+        with pytest.raises(ConversionError, match="build it with cls_token=True"):
+            load_weights(no_cls, export(MAE(config)), fmt)

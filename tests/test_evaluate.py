@@ -49,6 +49,10 @@ def test_features_cls_and_mean(cifar_test):
     assert cls.shape == mean.shape == (10, 64) and torch.equal(labels, data.labels)
     assert not torch.allclose(cls, mean)
     assert model.training  # the caller's mode is restored
+    no_cls = MAE(MAEConfig.from_dict({**SMALL, "cls_token": False}))
+    assert extract_features(no_cls, data, "mean")[0].shape == (10, 64)
+    with pytest.raises(ValueError, match="cls_token=False: use pool='mean'"):
+        extract_features(no_cls, data, "cls")
 
 
 def test_layer_decay_scales():
@@ -96,3 +100,12 @@ def test_finetune_runs_and_starts_from_the_given_encoder(cifar_train, cifar_test
     b = finetune(config, cifar_train.subset(128), cifar_test.subset(64), None, ec, progress=False)
     assert a["finetune_steps"] == 4 and a == {**b, "finetune_time_s": a["finetune_time_s"]}
     assert 0 <= a["finetune_top1"] <= 100
+
+
+def test_classifier_without_cls_token_pools_the_patch_tokens():
+    config = MAEConfig.from_dict({**SMALL, "cls_token": False})
+    clf = Classifier(config, 10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    latent = clf.encoder(images, 0.0).latent  # (B, L, D)
+    assert latent.shape == (2, 64, 64)
+    torch.testing.assert_close(clf(images), clf.head(clf.fc_norm(latent.mean(1))))

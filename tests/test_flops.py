@@ -23,7 +23,8 @@ def test_matches_torch_flop_counter():
     every prediction, and the training forward pass (hidden predictions only; the mask tokens'
     first projection is made once per batch, which the per-image formula leaves out)."""
     for overrides in ({}, {"encoder_mask_tokens": True}, {"mask_ratio": 0.5}, {"decoder_layers": 2},
-                      {"decoder_layers": 2, "encoder_mask_tokens": True}):
+                      {"decoder_layers": 2, "encoder_mask_tokens": True},
+                      {"decoder_layers": 2, "cls_token": False}):
         config = MAEConfig.from_dict({**SMALL, **overrides})
         f = mae_flops(config)
         ours, theirs = f["total"], measured(config)

@@ -48,7 +48,8 @@ def test_construction_and_forward_print_nothing(small_config):
 
 
 @pytest.mark.parametrize("variant", [{}, {"encoder_mask_tokens": True}, {"norm_pix_loss": True},
-                                     {"mask_sampling": "block"}, {"mask_sampling": "grid"}])
+                                     {"mask_sampling": "block"}, {"mask_sampling": "grid"},
+                                     {"cls_token": False}])
 def test_gradients_reach_every_parameter(small_config, variant):
     model = MAE(small_config.replace(**variant))
     model(torch.randn(4, 3, 32, 32)).loss.backward()
@@ -116,6 +117,28 @@ def test_features_see_every_patch_in_order(small_config):
     torch.testing.assert_close(feats, enc.norm(x))
 
 
+def test_without_cls_token_every_sequence_is_patch_tokens_only(small_config):
+    """cls_token=False (vit-pytorch's MAE): no CLS parameter, features are the L patch tokens,
+    and each block sees exactly the tokens the CLS model sees minus its CLS token."""
+    model = MAE(small_config.replace(cls_token=False)).eval()
+    assert model.encoder.cls_token is None and "encoder.cls_token" not in model.state_dict()
+    images = torch.randn(2, 3, 32, 32)
+    enc = model.encoder
+    x = enc.patch_embed(images) + enc.pos_embed[:, 1:]
+    for block in enc.blocks:
+        x = block(x)
+    torch.testing.assert_close(model.features(images), enc.norm(x))  # (B, L, D): no CLS row
+    noise = torch.rand(2, 64)
+    latent, mask, ids_restore = enc(images, 0.75, noise)
+    assert latent.shape == (2, 16, 64)
+    dec = model.decoder
+    tokens = torch.cat([dec.embed(latent), dec.mask_token.expand(2, 48, -1)], dim=1)
+    x = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, 32)) + dec.pos_embed[:, 1:]
+    for block in dec.blocks:
+        x = block(x)
+    torch.testing.assert_close(dec(latent, ids_restore), dec.pred(dec.norm(x)))
+
+
 def test_mask_token_encoder_sees_all_tokens_but_no_hidden_pixels(small_config):
     model = MAE(small_config.replace(encoder_mask_tokens=True))
     images = torch.randn(2, 3, 32, 32)
@@ -163,6 +186,7 @@ def test_default_config_is_vit_b():
     {}, {"norm_pix_loss": True}, {"encoder_mask_tokens": True}, {"mask_sampling": "block"},
     {"decoder_layers": 2, "mask_ratio": 0.5}, {"mask_ratio": 0.9, "qkv_bias": False},
     {"decoder_layers": 3}, {"encoder_mask_tokens": True, "decoder_layers": 2},
+    {"cls_token": False, "decoder_layers": 2}, {"cls_token": False, "encoder_mask_tokens": True},
 ])
 def test_training_forward_skips_visible_predictions_with_the_same_loss_and_gradients(
         small_config, variant):
@@ -192,7 +216,8 @@ def test_training_forward_skips_visible_predictions_with_the_same_loss_and_gradi
 
 @pytest.mark.parametrize("variant", [
     {}, {"decoder_layers": 2}, {"decoder_layers": 3, "mask_ratio": 0.5},
-    {"encoder_mask_tokens": True, "decoder_layers": 2},
+    {"encoder_mask_tokens": True, "decoder_layers": 2}, {"cls_token": False},
+    {"cls_token": False, "decoder_layers": 2}, {"cls_token": False, "encoder_mask_tokens": True},
 ])
 def test_decoder_hidden_path_equals_the_full_decoder_at_the_hidden_patches(small_config, variant):
     """forward_hidden keeps masking order and shares the mask tokens' first projection, yet

@@ -165,6 +165,25 @@ def test_resume_with_another_config_is_refused(tmp_path, cifar_train):
     with pytest.raises(CheckpointError, match=r"base_lr: checkpoint 0.001 vs requested 0.002"):
         pretrain(SMALL, {**TRAIN, "base_lr": 2e-3}, tmp_path, resume=True, dataset=data,
                  progress=False)
+    with pytest.raises(CheckpointError, match=r"cls_token: checkpoint True vs requested False"):
+        pretrain({**SMALL, "cls_token": False}, TRAIN, tmp_path, resume=True, dataset=data,
+                 progress=False)
+
+
+def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path, cifar_train):
+    """A key missing from an older checkpoint's config means that option's default."""
+    data = cifar_train.subset(512)
+    pretrain(SMALL, {**TRAIN, "max_steps": 2}, tmp_path, dataset=data, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["model"]["cls_token"]
+    torch.save(ckpt, path)
+    out = pretrain(SMALL, {**TRAIN, "max_steps": 3}, tmp_path, resume=True, dataset=data,
+                   progress=False)
+    assert out["steps"] == 3
+    with pytest.raises(CheckpointError, match=r"cls_token: checkpoint True vs requested False"):
+        pretrain({**SMALL, "cls_token": False}, TRAIN, tmp_path, resume=True, dataset=data,
+                 progress=False)
 
 
 @needs_cifar
