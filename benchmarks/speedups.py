@@ -8,6 +8,8 @@ Variants, timed step by step in turn (one step of each per round, bench.py's `in
 - ``mae``: the training step as ``mae.train`` runs it;
 - ``fused attention only``: `F.scaled_dot_product_attention` at every sequence length (no
   written-out attention for short key sequences on CPU, ``mae.layers.EXPLICIT_ATTENTION_MAX_KEYS``);
+- ``autograd's backward``: autograd's own backward for the head split and the MLP instead of
+  the hand-written ones (``mae.layers.WRITTEN_BACKWARDS``: `SplitHeads`, `GeluMLP`);
 - ``every prediction``: ``return_pred=True``, the decoder as ``Decoder.forward`` runs it (tokens
   put back in patch order, each mask token projected per sample, the last block and pixel head
   on all patches) instead of ``Decoder.forward_hidden``;
@@ -33,29 +35,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SHAPES, SMOKE, Stepper, device_slug, interleave, paired_ratio, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (explicit attention up to this many keys, Stepper options)
-    "mae": (None, {}),
-    "fused attention only": (0, {}),
-    "every prediction": (None, {"return_pred": True}),
-    "for-loop AdamW": (None, {"fused_optimizer": False}),
+VARIANTS = {  # name: (mae.layers settings, Stepper options)
+    "mae": ({}, {}),
+    "fused attention only": ({"EXPLICIT_ATTENTION_MAX_KEYS": 0}, {}),
+    "autograd's backward": ({"WRITTEN_BACKWARDS": False}, {}),
+    "every prediction": ({}, {"return_pred": True}),
+    "for-loop AdamW": ({}, {"fused_optimizer": False}),
 }
 
 
 class VariantStepper(Stepper):
-    """mae's step with the written-out attention threshold set for its own steps only."""
+    """mae's step with some `mae.layers` settings changed for its own steps only."""
 
-    def __init__(self, *args, max_keys: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, settings: dict | None = None, **kwargs) -> None:
         super().__init__("mae", *args, **kwargs)
-        self.max_keys = max_keys
+        self.settings = settings or {}
 
     def step(self) -> float:
-        default = layers.EXPLICIT_ATTENTION_MAX_KEYS
-        if self.max_keys is not None:
-            layers.EXPLICIT_ATTENTION_MAX_KEYS = self.max_keys
+        defaults = {k: getattr(layers, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(layers, k, v)
         try:
             return super().step()
         finally:
-            layers.EXPLICIT_ATTENTION_MAX_KEYS = default
+            for k, v in defaults.items():
+                setattr(layers, k, v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = SHAPES[name]
         config = shape.config(**(SMOKE if args.smoke else {}))
         batch = 2 if args.smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
-        steppers = {v: VariantStepper(config, batch, device, amp, max_keys=keys, **options)
-                    for v, (keys, options) in VARIANTS.items()}
+        steppers = {v: VariantStepper(config, batch, device, amp, settings=settings, **options)
+                    for v, (settings, options) in VARIANTS.items()}
         times, _ = interleave(steppers, warmup, repeats, probe=None)
         print(f"{name} ({shape.note}), batch {batch}")
         for v, ts in times.items():

@@ -18,6 +18,10 @@ from .masking import gather_tokens
 # twice as slow per block.
 EXPLICIT_ATTENTION_MAX_KEYS = 128
 
+# Two backward passes written by hand (`SplitHeads`, `GeluMLP`): the same gradients as autograd's,
+# with fewer passes over memory. False uses autograd's own (benchmarks/speedups.py compares).
+WRITTEN_BACKWARDS = True
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v: q (B, h, M, d), k and v (B, h, N, d) -> (B, h, M, d).
@@ -36,6 +40,38 @@ def select_tokens(x: torch.Tensor, queries: torch.Tensor | int) -> torch.Tensor:
     """The tokens a ``queries`` argument names: a (B, M) index, or an int ``s`` for the tokens
     from position s on (a view, no copy). (B, N, D) -> (B, M, D)."""
     return x[:, queries:] if isinstance(queries, int) else gather_tokens(x, queries)
+
+
+class SplitHeads(torch.autograd.Function):
+    """Projected tokens (B, N, n * h * d) -> n tensors (B, h, N, d), views of the input.
+
+    The same as ``x.view(B, N, n, h, d).permute(2, 0, 3, 1, 4).unbind(0)``, but autograd would
+    take that backwards as a stack of the n gradients into a new tensor and then a copy back to
+    the projection's layout; here the gradients are written into that layout directly, one pass
+    instead of two.
+    """
+
+    @staticmethod
+    def split(x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+        """(B, N, n * h * d) -> n x (B, h, N, d)."""
+        if WRITTEN_BACKWARDS:
+            return SplitHeads.apply(x, n, heads)
+        B, N, C = x.shape
+        return x.view(B, N, n, heads, C // (n * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+        B, N, C = x.shape
+        ctx.shape = (B, N, n, heads, C // (n * heads))
+        return x.view(ctx.shape).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        B, N, n, h, d = ctx.shape
+        grad = grads[0].new_empty(ctx.shape)  # unused outputs get zero gradients, not None
+        for i, g in enumerate(grads):
+            grad[:, :, i].copy_(g.transpose(1, 2))  # (B, N, h, d)
+        return grad.view(B, N, n * h * d), None, None
 
 
 class Attention(nn.Module):
@@ -63,7 +99,7 @@ class Attention(nn.Module):
         h, d = self.heads, D // self.heads
         w, b = self.qkv.weight, self.qkv.bias  # rows: q, k, v
         kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, N, 2D)
-        k, v = kv.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
+        k, v = SplitHeads.split(kv, 2, h)  # 2 x (B, h, N, d)
         q = F.linear(select_tokens(x, queries), w[:D], None if b is None else b[:D])  # (B, M, D)
         q = q.view(B, -1, h, d).transpose(1, 2)  # (B, h, M, d)
         x = attention(q, k, v).transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
@@ -73,10 +109,35 @@ class Attention(nn.Module):
         """Attention and output projection from already projected tokens: (B, N, 3D), laid out
         as ``self.qkv``'s output, -> (B, N, D)."""
         B, N, D3 = qkv.shape
-        h, d = self.heads, D3 // (3 * self.heads)
-        q, k, v = qkv.view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+        q, k, v = SplitHeads.split(qkv, 3, self.heads)  # 3 x (B, h, N, d)
         x = attention(q, k, v).transpose(1, 2).reshape(B, N, D3 // 3)  # (B, N, D)
         return self.proj(x)
+
+
+class GeluMLP(torch.autograd.Function):
+    """fc2(gelu(fc1(x))) for (..., D) inputs, with GELU's derivative applied in place in the
+    backward pass (autograd allocates a new tensor of the hidden width for it). Together with
+    `SplitHeads` 1-3 % of a train step on CPU (benchmarks/speedups.py). Used when gradients are
+    recorded without autocast (which casts inside the ops); otherwise `MLP` runs its modules."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        x2 = x.reshape(-1, x.shape[-1])  # (R, D)
+        h = torch.addmm(b1, x2, w1.t())  # (R, H)
+        a = F.gelu(h)  # (R, H)
+        ctx.save_for_backward(x2, h, a, w1, w2)
+        ctx.shape = x.shape
+        return torch.addmm(b2, a, w2.t()).view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, h, a, w1, w2 = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # (R, D_out)
+        grad_w2, grad_b2 = g.t() @ a, g.sum(0)
+        ga = g @ w2  # (R, H)
+        gh = torch.ops.aten.gelu_backward.grad_input(ga, h, grad_input=ga)  # in place
+        grad_x = (gh @ w1).view(ctx.shape) if ctx.needs_input_grad[0] else None
+        return grad_x, gh.t() @ x2, gh.sum(0), grad_w2, grad_b2
 
 
 class MLP(nn.Module):
@@ -89,6 +150,9 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (WRITTEN_BACKWARDS and torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(x.device.type)):
+            return GeluMLP.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 
 

@@ -107,3 +107,56 @@ def test_block_on_a_table_tail_equals_the_block_on_the_gathered_sequence(qkv_bia
     inputs = (head, table, *block.parameters())
     for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_split_heads_has_autograds_values_and_gradients(n):
+    """SplitHeads writes the gradient straight into the projection's layout; values and
+    gradients equal autograd's view / permute / unbind, also when an output is unused."""
+    from mae.layers import SplitHeads
+
+    x = torch.randn(2, 5, n * 4 * 3, dtype=torch.float64, requires_grad=True)
+    ours = SplitHeads.apply(x, n, 4)
+    ref = x.view(2, 5, n, 4, 3).permute(2, 0, 3, 1, 4).unbind(0)
+    assert all(torch.equal(a, b) and a.shape == (2, 4, 5, 3) for a, b in zip(ours, ref))
+    weights = [torch.randn(2, 4, 5, 3, dtype=torch.float64) for _ in range(n)]
+    for used in (range(n), range(n - 1)):  # every output, or the last one unused
+        loss = lambda outs: sum((outs[i] * weights[i]).sum() for i in used)  # noqa: E731
+        (g_ours,) = torch.autograd.grad(loss(SplitHeads.apply(x, n, 4)), x)
+        ref = x.view(2, 5, n, 4, 3).permute(2, 0, 3, 1, 4).unbind(0)
+        (g_ref,) = torch.autograd.grad(loss(ref), x)
+        assert torch.equal(g_ours, g_ref)
+    assert torch.autograd.gradcheck(lambda t: SplitHeads.apply(t, n, 4), (x,))
+
+
+def test_gelu_mlp_has_autograds_values_and_gradients():
+    """The MLP's hand-written backward (GELU's derivative in place) against autograd on the same
+    modules: values and every gradient, in float64; gradcheck too."""
+    from mae import layers
+
+    torch.manual_seed(0)
+    mlp = MLP(8, 32).double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 5, 8, dtype=torch.float64)
+    inputs = (x, *mlp.parameters())
+    ours = mlp(x)
+    assert ours.grad_fn.name().startswith("GeluMLP")
+    ref = mlp.fc2(mlp.act(mlp.fc1(x)))
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b)
+    fn = lambda t, *p: layers.GeluMLP.apply(t, *p)  # noqa: E731
+    leaves = [t.detach().requires_grad_() for t in (x[:1, :2], *mlp.parameters())]
+    assert torch.autograd.gradcheck(fn, leaves)
+    with torch.no_grad():  # no graph to record: the plain modules
+        torch.testing.assert_close(mlp(x), ref)
+
+
+def test_written_backwards_can_be_switched_off(monkeypatch):
+    from mae import layers
+
+    monkeypatch.setattr(layers, "WRITTEN_BACKWARDS", False)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    assert "GeluMLP" not in MLP(8, 32)(x).grad_fn.name()
+    q, _, _ = layers.SplitHeads.split(torch.randn(2, 5, 24, requires_grad=True), 3, 4)
+    assert "SplitHeads" not in q.grad_fn.name()
