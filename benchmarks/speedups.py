@@ -17,11 +17,22 @@ Variants, timed step by step in turn (one step of each per round, bench.py's `in
 
 Each variant's images/s and the per-round ratio ``mae`` / variant (median, +/- half the
 interquartile range) are printed and written to ``results/benchmarks/<device>-speedups.md``.
+
+The variants share one process there, as bench.py's implementations do. A training run has a
+process of its own, and the allocator's state can change what a variant costs (measured: at
+`micro`, fused attention keeps up with the written-out form only in the shared process). So a
+second table times each variant in fresh processes, ``--isolated`` rounds of them, the
+variants in turn within a round; its ratio is the median over rounds of the ratio of the
+processes' median step times.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,6 +73,44 @@ class VariantStepper(Stepper):
                 setattr(layers, k, v)
 
 
+def _child(shape_name: str, variant: str, steps: int, warmup: int, smoke: bool) -> None:
+    """One variant in this fresh process: prints its step times as JSON."""
+    device = torch.device("cpu") if smoke else pick_device("auto")
+    shape = SHAPES[shape_name]
+    config = shape.config(**(SMOKE if smoke else {}))
+    batch = 2 if smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
+    settings, options = VARIANTS[variant]
+    s = VariantStepper(config, batch, device, autocast_dtype("auto", device), settings=settings,
+                       **options)
+    for _ in range(warmup):
+        s.step()
+    print(json.dumps({"batch": batch, "times": [s.step() for _ in range(steps)]}))
+
+
+def isolated(name: str, rounds: int, steps: int, warmup: int, smoke: bool,
+             threads: int | None) -> dict[str, dict]:
+    """Each variant in a fresh process per round; per variant: images/s and ratio to mae."""
+    per: dict[str, list[float]] = {v: [] for v in VARIANTS}  # median step time per process
+    batch = 0
+    for r in range(rounds):
+        names = list(VARIANTS)
+        for v in names[r % len(names):] + names[:r % len(names)]:
+            cmd = [sys.executable, __file__, "--_child", name, v, str(steps), str(warmup)]
+            cmd += (["--smoke"] if smoke else []) + (["--threads", str(threads)] if threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if out.returncode:
+                raise RuntimeError(f"{name} / {v} failed:\n{out.stderr[-1500:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            batch = got["batch"]
+            per[v].append(statistics.median(got["times"]))
+    result = {}
+    for v, ts in per.items():
+        rate, spread = summary(ts, batch)
+        ratio, rspread = paired_ratio(per["mae"], ts)
+        result[v] = dict(rate=rate, spread=spread, ratio=ratio, rspread=rspread)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -70,10 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=11, help="timed rounds (default: 11)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks",
                    help="folder for <device>-speedups.md (default: results/benchmarks)")
+    p.add_argument("--isolated", type=int, default=3,
+                   help="rounds of fresh processes per variant for the second table (0: skip)")
     p.add_argument("--smoke", action="store_true", help="toy shapes, one round: checks it runs")
+    p.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args._child:
+        name, variant, steps, warmup = args._child
+        _child(name, variant, int(steps), int(warmup), args.smoke)
+        return 0
     device = pick_device(args.device)
     amp = autocast_dtype("auto", device)
     warmup, repeats = (1, 1) if args.smoke else (2, args.repeats)
@@ -98,6 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ratio:.3f}x +/- {rspread:.3f}")
             lines.append(f"| {name} | {v} | {rate:,.1f} | {spread:,.1f} | {ratio:.3f}x | "
                          f"{rspread:.3f} |")
+    if args.isolated:
+        rounds, steps, iso_warmup = (1, 1, 1) if args.smoke else (args.isolated, 5, 2)
+        lines += ["", f"Each variant in a process of its own: {rounds} rounds of fresh processes "
+                  f"({iso_warmup} warm-up steps, median of {steps} steps each).", "",
+                  "| shape | variant | images/s | +/- | mae / variant (per round) | +/- |",
+                  "|---|---|---|---|---|---|"]
+        for name in [s.strip() for s in args.configs.split(",") if s.strip()]:
+            print(f"{name}, each variant in fresh processes ({rounds} rounds)", flush=True)
+            for v, r in isolated(name, rounds, steps, iso_warmup, args.smoke, args.threads).items():
+                print(f"  {v:<22} {r['rate']:9.1f} images/s +/- {r['spread']:.1f}   mae / this = "
+                      f"{r['ratio']:.3f}x +/- {r['rspread']:.3f}")
+                lines.append(f"| {name} | {v} | {r['rate']:,.1f} | {r['spread']:,.1f} | "
+                             f"{r['ratio']:.3f}x | {r['rspread']:.3f} |")
     slug = device_slug(device) + ("-smoke" if args.smoke else "")
     out = args.out / f"{slug}-speedups.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
