@@ -14,8 +14,8 @@ from .masking import gather_tokens
 # and head that are too small to pay at this length; from a few hundred keys on, the fused
 # kernel wins (it never writes the N x N weights to memory). Measured by benchmarks/bench.py and
 # benchmarks/speedups.py on 2 cores: at `micro` (17 and 65 keys) the written-out form makes the
-# whole train step 5-12 % faster (over several runs); at `tiny`'s decoder (257 keys) it is about
-# twice as slow per block.
+# whole train step 0-13 % faster, depending on the run and on whether other models share the
+# process; at `tiny`'s decoder (257 keys) it is about twice as slow per block.
 EXPLICIT_ATTENTION_MAX_KEYS = 128
 
 # Two backward passes written by hand (`SplitHeads`, `GeluMLP`): the same gradients as autograd's,
