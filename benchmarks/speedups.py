@@ -19,9 +19,9 @@ Each variant's images/s and the per-round ratio ``mae`` / variant (median, +/- h
 interquartile range) are printed and written to ``results/benchmarks/<device>-speedups.md``.
 
 The variants share one process there, as bench.py's implementations do. A training run has a
-process of its own, and the allocator's state can change what a variant costs (measured: at
-`micro`, fused attention keeps up with the written-out form only in the shared process). So a
-second table times each variant in fresh processes, ``--isolated`` rounds of them, the
+process of its own, and the allocator's state can change what a variant costs (during
+development, at `micro`: written-out vs fused attention 13 % apart with one model per process,
+0-5 % apart with the five variants' models in one). So a second table times each variant in fresh processes, ``--isolated`` rounds of them, the
 variants in turn within a round; its ratio is the median over rounds of the ratio of the
 processes' median step times.
 """
