@@ -57,7 +57,8 @@ IMPLS = ("mae", "transformers", "vit-pytorch")
 # vit-pytorch's MAE has no CLS token (its encoder never prepends one): `mae` is compared with it
 # at that architecture too, built with cls_token=False, so the ratio compares equal work.
 NO_CLS = "mae no-CLS"
-ARCH = {"mae": {}, "transformers": {}, "vit-pytorch": {"cls_token": False}, NO_CLS: {"cls_token": False}}
+ARCH = {"mae": {}, "transformers": {}, "vit-pytorch": {"cls_token": False},
+        NO_CLS: {"cls_token": False}}  # the architecture each builds, as MAEConfig changes
 MATCHED = {"transformers": "mae", "vit-pytorch": NO_CLS}  # peer -> mae at its architecture
 
 
@@ -74,6 +75,10 @@ class Shape:
 
     def config(self, **extra) -> MAEConfig:
         return MAEConfig.preset(self.preset, **{**self.overrides, **extra})
+
+    def batch(self, device: torch.device, smoke: bool = False) -> int:
+        """The batch size on this device type (2 in smoke mode)."""
+        return 2 if smoke else self.batch_cuda if device.type == "cuda" else self.batch_cpu
 
 
 SHAPES = {
@@ -245,6 +250,11 @@ class PeakProbe:
         return statistics.median(rates)
 
 
+def rotated(names: list[str], r: int) -> list[str]:
+    """The order of round r: names rotated by r, so that none always goes first."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
 def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
                probe: PeakProbe | None) -> tuple[dict[str, list[float]], float | None]:
     """Warm-up, then rounds of one step of each stepper in turn and one peak probe; returns the
@@ -257,7 +267,7 @@ def interleave(steppers: dict[str, Stepper], warmup: int, repeats: int,
         for s in steppers.values():
             s.step()
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(names, r):
             times[name].append(steppers[name].step())
         if probe:
             probe()
@@ -422,8 +432,8 @@ compared with `mae no-CLS`, mae built the same way (`cls_token=False`); transfor
 with `mae`. GFLOP/image are analytic, for the architecture the row builds (`mae.flops`:
 a step = 3 forward passes, counted as mae's training step runs them: the decoder's last
 block and pixel head on hidden patches only, its first block's mask-token projection
-once per batch); % of peak compares the achieved rate with the median rate of a matmul of the peak's size
-timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
+once per batch); % of peak compares the achieved rate with the median rate of a matmul
+of the peak's size timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
 that two train steps add in a fresh process beyond the model and the batch
 (activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
 """.splitlines() + [""]
@@ -443,8 +453,9 @@ that two train steps add in a fresh process beyond the model and the batch
     return md
 
 
-def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
+def ratio_line(ours: dict, peer: dict, note: str | None = None) -> tuple[str, bool]:
     """ours / peer in images/s and whether it is above 1 by more than its spread; True if so.
+    With a ``note`` the line is for information: the note replaces the verdict.
 
     The steps were interleaved, so round i holds one step of each: the ratio is the median of
     the per-round ratios (a slow drift of the machine's speed cancels within a round) and its
@@ -460,8 +471,9 @@ def ratio_line(ours: dict, peer: dict) -> tuple[str, bool]:
         spread = r * (ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"])
         how = "both spreads added"
     ahead = r - 1 > spread
-    return (f"{ours['shape']}: {ours['impl']} / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, {how})"
-            f"{'' if ahead else '  <- not ahead by more than the spread'}"), ahead
+    verdict = f" ({note})" if note else "" if ahead else "  <- not ahead by more than the spread"
+    return (f"{ours['shape']}: {ours['impl']} / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, "
+            f"{how}){verdict}"), ahead
 
 
 # ----------------------------------------------------------------------------- main
@@ -543,8 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in shapes:
         shape = SHAPES[name]
         config = shape_config(name, args.smoke)
-        batch = args.batch or (2 if args.smoke else
-                               shape.batch_cuda if device.type == "cuda" else shape.batch_cpu)
+        batch = args.batch or shape.batch(device, args.smoke)
         print(f"train step, {name} ({shape.note}), batch {batch} ...", flush=True)
         got = compare(shape, config, impls, batch, device, amp, warmup, repeats, compile_modes,
                       probe)
@@ -554,8 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += got
 
     if not args.no_speedup:
-        batch = args.batch or (2 if args.smoke else
-                               VITL.batch_cuda if device.type == "cuda" else VITL.batch_cpu)
+        batch = args.batch or VITL.batch(device, args.smoke)
         print(f"encoder variants, {VITL.name} ({VITL.note}), batch {batch} ...", flush=True)
         # Steps of many seconds on CPU: fewer repeats, which the spread column shows.
         got = mask_token_speedup(VITL, batch, device, amp, min(warmup, 1), min(repeats, 5),
@@ -606,9 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             ours = by.get(("train_step", name, "mae" + suffix))
             other = by.get(("train_step", name, "vit-pytorch" + suffix))
             if ours and other:  # for information: not the same architecture
-                line, _ = ratio_line(ours, other)
-                ratios.append(line.split("  <-")[0] + " (mae with its CLS token: one more token "
-                              "per sequence than vit-pytorch; not counted)")
+                ratios.append(ratio_line(ours, other, "mae with its CLS token: one more token per "
+                                         "sequence than vit-pytorch; not counted")[0])
     for name in shapes:
         r = by.get(("train_step", name, "mae"))
         if r:

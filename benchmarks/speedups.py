@@ -43,7 +43,9 @@ from mae.provenance import device_name, git_state, write_text_atomic
 from mae.runtime import autocast_dtype, pick_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SHAPES, SMOKE, Stepper, device_slug, interleave, paired_ratio, summary  # noqa: E402
+from bench import (  # noqa: E402
+    SHAPES, SMOKE, Stepper, device_slug, interleave, paired_ratio, rotated, summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (mae.layers settings, Stepper options)
@@ -73,28 +75,33 @@ class VariantStepper(Stepper):
                 setattr(layers, k, v)
 
 
-def _child(shape_name: str, variant: str, steps: int, warmup: int, smoke: bool) -> None:
+def steppers(name: str, device: torch.device, smoke: bool,
+             variants: list[str]) -> tuple[dict[str, VariantStepper], int]:
+    """A VariantStepper per variant at one shape, and the batch size."""
+    shape = SHAPES[name]
+    config, batch = shape.config(**(SMOKE if smoke else {})), shape.batch(device, smoke)
+    amp = autocast_dtype("auto", device)
+    return {v: VariantStepper(config, batch, device, amp, settings=VARIANTS[v][0], **VARIANTS[v][1])
+            for v in variants}, batch
+
+
+def _child(name: str, variant: str, steps: int, warmup: int, smoke: bool) -> None:
     """One variant in this fresh process: prints its step times as JSON."""
     device = torch.device("cpu") if smoke else pick_device("auto")
-    shape = SHAPES[shape_name]
-    config = shape.config(**(SMOKE if smoke else {}))
-    batch = 2 if smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
-    settings, options = VARIANTS[variant]
-    s = VariantStepper(config, batch, device, autocast_dtype("auto", device), settings=settings,
-                       **options)
+    s = steppers(name, device, smoke, [variant])[0][variant]
     for _ in range(warmup):
         s.step()
-    print(json.dumps({"batch": batch, "times": [s.step() for _ in range(steps)]}))
+    print(json.dumps({"batch": s.batch, "times": [s.step() for _ in range(steps)]}))
 
 
 def isolated(name: str, rounds: int, steps: int, warmup: int, smoke: bool,
-             threads: int | None) -> dict[str, dict]:
-    """Each variant in a fresh process per round; per variant: images/s and ratio to mae."""
-    per: dict[str, list[float]] = {v: [] for v in VARIANTS}  # median step time per process
+             threads: int | None) -> tuple[dict[str, list[float]], int]:
+    """Each variant in a fresh process per round (the order rotating): per variant, the median
+    step time of each of its processes; and the batch size."""
+    per: dict[str, list[float]] = {v: [] for v in VARIANTS}
     batch = 0
     for r in range(rounds):
-        names = list(VARIANTS)
-        for v in names[r % len(names):] + names[:r % len(names)]:
+        for v in rotated(list(VARIANTS), r):
             cmd = [sys.executable, __file__, "--_child", name, v, str(steps), str(warmup)]
             cmd += (["--smoke"] if smoke else []) + (["--threads", str(threads)] if threads else [])
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
@@ -103,12 +110,24 @@ def isolated(name: str, rounds: int, steps: int, warmup: int, smoke: bool,
             got = json.loads(out.stdout.strip().splitlines()[-1])
             batch = got["batch"]
             per[v].append(statistics.median(got["times"]))
-    result = {}
-    for v, ts in per.items():
+    return per, batch
+
+
+TABLE = ["| shape | variant | images/s | +/- | mae / variant (per round) | +/- |",
+         "|---|---|---|---|---|---|"]
+
+
+def table_rows(name: str, times: dict[str, list[float]], batch: int) -> list[str]:
+    """Print and return the table rows of one shape: images/s per variant and the per-round
+    ratio mae / variant (rounds pair the variants' times)."""
+    rows = []
+    for v, ts in times.items():
         rate, spread = summary(ts, batch)
-        ratio, rspread = paired_ratio(per["mae"], ts)
-        result[v] = dict(rate=rate, spread=spread, ratio=ratio, rspread=rspread)
-    return result
+        ratio, rspread = paired_ratio(times["mae"], ts)
+        print(f"  {v:<22} {rate:9.1f} images/s +/- {spread:.1f}   mae / this = "
+              f"{ratio:.3f}x +/- {rspread:.3f}")
+        rows.append(f"| {name} | {v} | {rate:,.1f} | {spread:,.1f} | {ratio:.3f}x | {rspread:.3f} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,42 +150,26 @@ def main(argv: list[str] | None = None) -> int:
         _child(name, variant, int(steps), int(warmup), args.smoke)
         return 0
     device = pick_device(args.device)
-    amp = autocast_dtype("auto", device)
     warmup, repeats = (1, 1) if args.smoke else (2, args.repeats)
     lines = [f"# Where the speed comes from: {device_name(str(device))}", "",
              f"- git commit: {git_state()['git_commit']}"
              + (" (uncommitted changes)" if git_state()["git_dirty"] else ""),
              f"- torch {torch.__version__}, {repeats} rounds after {warmup} of warm-up", "",
-             "| shape | variant | images/s | +/- | mae / variant (per round) | +/- |",
-             "|---|---|---|---|---|---|"]
-    for name in [s.strip() for s in args.configs.split(",") if s.strip()]:
-        shape = SHAPES[name]
-        config = shape.config(**(SMOKE if args.smoke else {}))
-        batch = 2 if args.smoke else shape.batch_cuda if device.type == "cuda" else shape.batch_cpu
-        steppers = {v: VariantStepper(config, batch, device, amp, settings=settings, **options)
-                    for v, (settings, options) in VARIANTS.items()}
-        times, _ = interleave(steppers, warmup, repeats, probe=None)
-        print(f"{name} ({shape.note}), batch {batch}")
-        for v, ts in times.items():
-            rate, spread = summary(ts, batch)
-            ratio, rspread = paired_ratio(times["mae"], ts)
-            print(f"  {v:<22} {rate:9.1f} images/s +/- {spread:.1f}   mae / this = "
-                  f"{ratio:.3f}x +/- {rspread:.3f}")
-            lines.append(f"| {name} | {v} | {rate:,.1f} | {spread:,.1f} | {ratio:.3f}x | "
-                         f"{rspread:.3f} |")
+             *TABLE]
+    shapes = [s.strip() for s in args.configs.split(",") if s.strip()]
+    for name in shapes:
+        variant_steppers, batch = steppers(name, device, args.smoke, list(VARIANTS))
+        times, _ = interleave(variant_steppers, warmup, repeats, probe=None)
+        print(f"{name} ({SHAPES[name].note}), batch {batch}")
+        lines += table_rows(name, times, batch)
     if args.isolated:
         rounds, steps, iso_warmup = (1, 1, 1) if args.smoke else (args.isolated, 5, 2)
         lines += ["", f"Each variant in a process of its own: {rounds} rounds of fresh processes "
-                  f"({iso_warmup} warm-up steps, median of {steps} steps each).", "",
-                  "| shape | variant | images/s | +/- | mae / variant (per round) | +/- |",
-                  "|---|---|---|---|---|---|"]
-        for name in [s.strip() for s in args.configs.split(",") if s.strip()]:
+                  f"({iso_warmup} warm-up steps, median of {steps} steps each).", "", *TABLE]
+        for name in shapes:
             print(f"{name}, each variant in fresh processes ({rounds} rounds)", flush=True)
-            for v, r in isolated(name, rounds, steps, iso_warmup, args.smoke, args.threads).items():
-                print(f"  {v:<22} {r['rate']:9.1f} images/s +/- {r['spread']:.1f}   mae / this = "
-                      f"{r['ratio']:.3f}x +/- {r['rspread']:.3f}")
-                lines.append(f"| {name} | {v} | {r['rate']:,.1f} | {r['spread']:,.1f} | "
-                             f"{r['ratio']:.3f}x | {r['rspread']:.3f} |")
+            per, batch = isolated(name, rounds, steps, iso_warmup, args.smoke, args.threads)
+            lines += table_rows(name, per, batch)
     slug = device_slug(device) + ("-smoke" if args.smoke else "")
     out = args.out / f"{slug}-speedups.md"
     write_text_atomic(out, "\n".join(lines) + "\n")

@@ -41,6 +41,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
 def load_checkpoint(
     path: str | os.PathLike, expected: Mapping[str, Mapping[str, Any]] | None = None,
     map_location: str | torch.device = "cpu",
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
 
@@ -48,6 +49,8 @@ def load_checkpoint(
         path: the file.
         expected: optional ``{"model": config_dict, ...}``; each named section must equal the
             checkpoint's, or a `CheckpointError` names the differing keys.
+        defaults: optional ``{"model": defaults_dict, ...}``: values for keys a section of an
+            older checkpoint lacks (options added since, made with their defaults).
     """
     path = Path(path)
     if not path.is_file():
@@ -74,7 +77,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this "
                               f"mae ({FORMAT_VERSION}): upgrade mae.")
     for section, want in (expected or {}).items():
-        check_config(ckpt.get("config", {}).get(section, {}), want, f"{path} ({section} config)")
+        check_config(ckpt.get("config", {}).get(section, {}), want, f"{path} ({section} config)",
+                     (defaults or {}).get(section))
     return ckpt
 
 

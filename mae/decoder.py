@@ -86,7 +86,7 @@ class Decoder(nn.Module):
         """
         K, T = num_visible, self.num_prefix
         x = self.embed(latent)  # (B, T + K, Dd), or (B, T + L, Dd) with encoder mask tokens
-        B, N, Dd = x.shape
+        B = x.shape[0]
         ids_shuffle = ids_restore.argsort(dim=1)  # (B, L) masking order: the first K are kept
         hidden = ids_shuffle[:, K:]  # (B, L - K)
         pos = self.pos_embed[0]  # (1 + L, Dd): the CLS token's row, then patch p's at p + 1

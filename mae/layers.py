@@ -52,18 +52,20 @@ class SplitHeads(torch.autograd.Function):
     """
 
     @staticmethod
-    def split(x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
-        """(B, N, n * h * d) -> n x (B, h, N, d)."""
-        if WRITTEN_BACKWARDS:
-            return SplitHeads.apply(x, n, heads)
+    def views(x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+        """(B, N, n * h * d) -> n x (B, h, N, d) views, with autograd's own backward."""
         B, N, C = x.shape
         return x.view(B, N, n, heads, C // (n * heads)).permute(2, 0, 3, 1, 4).unbind(0)
 
     @staticmethod
+    def split(x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+        """(B, N, n * h * d) -> n x (B, h, N, d), with the written backward by default."""
+        return SplitHeads.apply(x, n, heads) if WRITTEN_BACKWARDS else SplitHeads.views(x, n, heads)
+
+    @staticmethod
     def forward(ctx, x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
-        B, N, C = x.shape
-        ctx.shape = (B, N, n, heads, C // (n * heads))
-        return x.view(ctx.shape).permute(2, 0, 3, 1, 4).unbind(0)
+        ctx.shape = (*x.shape[:2], n, heads, x.shape[2] // (n * heads))  # (B, N, n, h, d)
+        return SplitHeads.views(x, n, heads)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, None, None]:

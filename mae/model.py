@@ -86,8 +86,8 @@ class MAE(nn.Module):
                 a mask exactly or compare with another implementation.
             generator: optional torch.Generator for the masking noise.
             return_pred: False skips the predictions of visible patches, which the loss ignores:
-                the decoder's last block and pixel head then run on the hidden patches only
-                (the training loop does this). The loss and its gradients are the same; ``pred``
+                the decoder then predicts the hidden patches only (`Decoder.forward_hidden`;
+                the training loop does this). The loss and its gradients are the same; ``pred``
                 is None.
 
         Returns:

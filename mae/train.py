@@ -192,9 +192,8 @@ def pretrain(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / CHECKPOINT).is_file():
-            ckpt = load_checkpoint(out / CHECKPOINT, map_location=device)
-            check_config(ckpt["config"]["model"], configs["model"],
-                         f"{out / CHECKPOINT} (model config)", defaults=MAEConfig().to_dict())
+            ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
+                                   map_location=device, defaults={"model": MAEConfig().to_dict()})
             _check_resumable(ckpt["config"]["train"], configs["train"])
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
