@@ -125,12 +125,16 @@ def sweep_points(
         model = {**base, **p["set"]}  # validated by the notebook, through papermill
         diffs = {k: v for k, v in sorted(p["set"].items()) if base.get(k) != v}
         name = ",".join(f"{k}={fmt(v)}" for k, v in diffs.items()) or "default"
-        point_seeds = seeds or (tier.get("default_seeds", tier["seeds"]) if name == "default"
+        if not spec.get("pretrain", True):  # a baseline without pre-training has its own folder
+            name = "random_init" + ("" if name == "default" else f",{name}")
+        shared = name in ("default", "random_init")  # the points every sweep is read against
+        point_seeds = seeds or (tier.get("default_seeds", tier["seeds"]) if shared
                                 else tier["seeds"])
         for seed in point_seeds:
             run_dir = results / "runs" / tier_name / slug(dataset) / slug(name) / f"seed{seed}"
             point = Point(sweep, p["label"], p["value"], p["paper"], model, name, seed, run_dir)
             point.parameters = notebook_parameters(tier, dataset, model, seed, run_dir, name)
+            point.parameters["pretrain"] = bool(spec.get("pretrain", True))
             points.append(point)
     return points
 

@@ -66,6 +66,36 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
     }
 
 
+class CpuClock:
+    """Wall time, this process's CPU time (with its waited-for children, e.g. torchrun's ranks)
+    and the whole machine's busy CPU time, so that a run's minutes can be read as a speed figure:
+    ``other_load`` is how many cores other processes kept busy on average while it ran."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float | None]:
+        import resource
+        import time
+
+        own = sum(getattr(resource.getrusage(who), f) for who in (
+            resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+        try:  # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+            busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            busy = None
+        return time.perf_counter(), own, busy
+
+    def elapsed(self) -> dict[str, float | None]:
+        (w0, c0, b0), (w1, c1, b1) = self.start, self._read()
+        wall, cpu = w1 - w0, c1 - c0
+        other = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - cpu) / max(wall, 1e-9)
+        return {"wall_time_s": wall, "cpu_time_s": cpu, "other_load": other,
+                "cpu_count": os.cpu_count()}
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     path = Path(path)

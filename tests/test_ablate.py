@@ -58,6 +58,12 @@ def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
             assert record["provenance"]["git_commit"] and record["data"]["train"]["sha256"]
             assert (point.run_dir / "ablation.ipynb").is_file()
             assert (point.run_dir / "reconstructions.png").is_file()
+            assert record["cpu_time_s"] > 0 and record["other_load"] >= 0
+            # The baseline is not pre-trained: no training folder, no pre-training metrics.
+            assert record["pretrain"] is (name != "random_init")
+            assert (point.run_dir / "train").is_dir() is record["pretrain"]
+            assert ("pretrain_steps" in record["metrics"]) is record["pretrain"]
+    assert [p.name for p in sweep_points(ROOT, "random_init", "cpu")] == ["random_init"] * 3
     # A second run executes nothing.
     again = ablate("all", "--tier", "smoke", "--results", str(results))
     assert again.returncode == 0 and "running" not in again.stdout
