@@ -1,29 +1,26 @@
 """Where `mae`'s train-step speed comes from: each optimisation switched off in turn, in one run.
 
-    python benchmarks/speedups.py            # micro, tiny, vit-b-d4 here (~4 min on 2 cores)
+    python benchmarks/speedups.py            # micro, tiny, vit-b-d4 on the best device
     python benchmarks/speedups.py --smoke    # seconds: checks that it runs
 
-Variants, timed step by step in turn (one step of each per round, bench.py's `interleave`):
+Variants, timed step by step in turn (one step of each per round, common.py's `interleave`):
 
-- ``mae``: the training step as ``mae.train`` runs it;
-- ``fused attention only``: `F.scaled_dot_product_attention` at every sequence length (no
-  written-out attention for short key sequences on CPU, ``mae.layers.EXPLICIT_ATTENTION_MAX_KEYS``);
-- ``autograd's backward``: autograd's own backward for the head split and the MLP instead of
-  the hand-written ones (``mae.layers.WRITTEN_BACKWARDS``: `SplitHeads`, `GeluMLP`);
-- ``every prediction``: ``return_pred=True``, the decoder as ``Decoder.forward`` runs it (tokens
-  put back in patch order, each mask token projected per sample, the last block and pixel head
-  on all patches) instead of ``Decoder.forward_hidden``;
+- ``mae``: the training step as ``mae.train`` runs it, the loss from
+  ``mae.hidden.hidden_patch_loss``: the hidden patches predicted only (how, in mae/hidden.py);
+- ``every prediction``: ``model(x, noise=noise).loss``, the full ``MAE.forward`` (the decoder as
+  ``Decoder.forward`` runs it: tokens put back in patch order, each mask token projected per
+  sample, the last block and pixel head on all patches); the same loss and gradients;
 - ``for-loop AdamW``: torch's AdamW without its fused kernel.
 
 Each variant's images/s and the per-round ratio ``mae`` / variant (median, +/- half the
-interquartile range) are printed and written to ``results/benchmarks/<device>-speedups.md``.
+interquartile range) are printed and written to ``results/benchmarks/<device>-speedups.md``
+(``--smoke``: a temporary folder unless ``--out`` is given).
 
 The variants share one process there, as bench.py's implementations do. A training run has a
-process of its own, and the allocator's state can change what a variant costs (during
-development, at `micro`: written-out vs fused attention 13 % apart with one model per process,
-0-5 % apart with the five variants' models in one). So a second table times each variant in fresh processes, ``--isolated`` rounds of them, the
-variants in turn within a round; its ratio is the median over rounds of the ratio of the
-processes' median step times.
+process of its own, and what a variant costs may differ with the other variants' models in the
+same process (the allocator's state). So a second table times each variant in fresh processes,
+``--isolated`` rounds of them, the variants in turn within a round; its ratio is the median
+over rounds of the ratio of the processes' median step times.
 """
 
 from __future__ import annotations
@@ -38,51 +35,26 @@ from pathlib import Path
 
 import torch
 
-from mae import layers
-from mae.provenance import device_name, git_state, write_text_atomic
-from mae.runtime import autocast_dtype, pick_device
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (  # noqa: E402
-    SHAPES, SMOKE, Stepper, device_slug, interleave, paired_ratio, rotated, summary,
-)
+from common import SHAPES, SMOKE, Stepper, interleave, paired_ratio, rotated, summary  # noqa: E402
+from mae.provenance import device_name, git_state, write_text_atomic  # noqa: E402
+from mae.runtime import autocast_dtype, pick_device  # noqa: E402
+from report import SMOKE_OUT, device_slug, output_folder  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (mae.layers settings, Stepper options)
-    "mae": ({}, {}),
-    "fused attention only": ({"EXPLICIT_ATTENTION_MAX_KEYS": 0}, {}),
-    "autograd's backward": ({"WRITTEN_BACKWARDS": False}, {}),
-    "every prediction": ({}, {"return_pred": True}),
-    "for-loop AdamW": ({}, {"fused_optimizer": False}),
+VARIANTS = {  # name: Stepper options
+    "mae": {},
+    "every prediction": {"shortcut": False},
+    "for-loop AdamW": {"fused_optimizer": False},
 }
 
 
-class VariantStepper(Stepper):
-    """mae's step with some `mae.layers` settings changed for its own steps only."""
-
-    def __init__(self, *args, settings: dict | None = None, **kwargs) -> None:
-        super().__init__("mae", *args, **kwargs)
-        self.settings = settings or {}
-
-    def step(self) -> float:
-        defaults = {k: getattr(layers, k) for k in self.settings}
-        for k, v in self.settings.items():
-            setattr(layers, k, v)
-        try:
-            return super().step()
-        finally:
-            for k, v in defaults.items():
-                setattr(layers, k, v)
-
-
 def steppers(name: str, device: torch.device, smoke: bool,
-             variants: list[str]) -> tuple[dict[str, VariantStepper], int]:
-    """A VariantStepper per variant at one shape, and the batch size."""
+             variants: list[str]) -> tuple[dict[str, Stepper], int]:
+    """mae's Stepper per variant at one shape, and the batch size."""
     shape = SHAPES[name]
     config, batch = shape.config(**(SMOKE if smoke else {})), shape.batch(device, smoke)
     amp = autocast_dtype("auto", device)
-    return {v: VariantStepper(config, batch, device, amp, settings=VARIANTS[v][0], **VARIANTS[v][1])
-            for v in variants}, batch
+    return {v: Stepper("mae", config, batch, device, amp, **VARIANTS[v]) for v in variants}, batch
 
 
 def _child(name: str, variant: str, steps: int, warmup: int, smoke: bool) -> None:
@@ -136,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="micro,tiny,vit-b-d4", help="comma-separated shapes")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=11, help="timed rounds (default: 11)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks",
-                   help="folder for <device>-speedups.md (default: results/benchmarks)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"folder for <device>-speedups.md (default: results/benchmarks; with "
+                        f"--smoke {SMOKE_OUT})")
     p.add_argument("--isolated", type=int, default=3,
                    help="rounds of fresh processes per variant for the second table (0: skip)")
     p.add_argument("--smoke", action="store_true", help="toy shapes, one round: checks it runs")
@@ -171,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             per, batch = isolated(name, rounds, steps, iso_warmup, args.smoke, args.threads)
             lines += table_rows(name, per, batch)
     slug = device_slug(device) + ("-smoke" if args.smoke else "")
-    out = args.out / f"{slug}-speedups.md"
+    out = output_folder(args.out, args.smoke) / f"{slug}-speedups.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0

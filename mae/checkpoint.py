@@ -96,3 +96,19 @@ def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str,
             f"{where} was made with another config; differing keys: {'; '.join(diffs)}. Use the "
             f"checkpoint's config, or start a new run in another output folder."
         )
+
+
+def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """The MAE a pre-training run saved, and its configs: ``(model, {"model": ..., "train":
+    ...})``. ``path`` is a ``checkpoint.pt`` or the run folder holding one."""
+    from .model import MAE
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if "model" not in ckpt or "model" not in ckpt.get("config", {}):
+        raise CheckpointError(f"{path} holds no pre-trained MAE (no model weights or config).")
+    model = MAE(ckpt["config"]["model"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["config"]

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, ConfigError, EvalConfig, MAEConfig, TrainConfig
+from .config import PRESETS, ConfigError, MAEConfig
+from .recipe import EvalConfig, TrainConfig
 from .provenance import write_text_atomic
 
 
@@ -61,20 +62,6 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
         write_text_atomic(path, text + "\n")
 
 
-def load_model(checkpoint: str):
-    """The MAE and configs stored in a pre-training checkpoint (or a run folder)."""
-    from .checkpoint import load_checkpoint
-    from .model import MAE
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    ckpt = load_checkpoint(path)
-    model = MAE(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt["config"]
-
-
 def datasets_for(args, train_config: dict[str, Any], img_size: int):
     from .data import load_dataset
 
@@ -89,22 +76,36 @@ def datasets_for(args, train_config: dict[str, Any], img_size: int):
 def cmd_pretrain(args) -> int:
     from .train import pretrain
 
-    model_config = MAEConfig.preset(args.preset, **parse_overrides(args.set))
-    train_config = TrainConfig.from_dict(collect(args, TrainConfig))
-    metrics = pretrain(model_config, train_config, args.out, resume=args.resume,
-                       progress=not args.no_progress, data_root=args.data_root,
-                       download=args.download)
-    metrics.pop("model")
-    metrics.pop("history")
-    metrics["checkpoint"] = str(Path(args.out) / "checkpoint.pt")
-    write_json(str(Path(args.out) / "pretrain_metrics.json"), metrics)
+    if args.config:  # a run's configs from a file ({"model": ..., "train": ...}), flags on top
+        from .ablate import load_yaml
+
+        if args.preset:
+            raise ConfigError("--preset and --config both name a model: give one of them.")
+        path = Path(args.config)
+        try:  # JSON as written by mae ablate; YAML 1.1 would read 1e-06 as a string
+            spec = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read --config {path}: {e}") from e
+        if not isinstance(spec, dict) or set(spec) != {"model", "train"}:
+            raise ConfigError(f"{args.config} must hold two sections, model and train.")
+        model_config = MAEConfig.from_dict(spec["model"]).replace(**parse_overrides(args.set))
+        train_config = TrainConfig.from_dict({**spec["train"], **collect(args, TrainConfig)})
+    else:
+        model_config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
+        train_config = TrainConfig.from_dict(collect(args, TrainConfig))
+    result = pretrain(model_config, train_config, args.out, resume=args.resume,
+                      progress=not args.no_progress, data_root=args.data_root,
+                      download=args.download)
+    write_json(None, result.metrics)  # pretrain wrote it to --out/pretrain_metrics.json
     return 0
 
 
 def model_for(args):
     """From --checkpoint, or the random initialisation of --preset / --set with --init-seed."""
     if args.checkpoint:
-        return load_model(args.checkpoint)
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(args.checkpoint)
     from .train import init_model
 
     config = MAEConfig.preset(args.preset, **parse_overrides(args.set))
@@ -148,7 +149,9 @@ def cmd_visualize(args) -> int:
 
     from .visualize import dataset_images, plot_reconstructions, reconstruct
 
-    model, configs = load_model(args.checkpoint)
+    from .checkpoint import load_pretrained
+
+    model, configs = load_pretrained(args.checkpoint)
     model.eval()
     _, test = datasets_for(args, configs["train"], model.config.img_size)
     images = dataset_images(test, args.num, args.seed)
@@ -176,7 +179,7 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .ablate import report
+    from .report import report
 
     paths = report(Path(args.results) if args.results else None)
     print(f"wrote {len(paths)} files")
@@ -196,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", help="dataset folder (default: $MAE_DATA)")
         p.add_argument("--download", action="store_true", help="download missing data")
 
-    def model_flags(p):
-        p.add_argument("--preset", default="micro", choices=sorted(PRESETS),
+    def model_flags(p, default: str | None = "micro"):
+        p.add_argument("--preset", default=default, choices=sorted(PRESETS),
                        help="model preset (default: micro)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --set mask_ratio=0.5 (repeatable)")
@@ -212,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train an MAE; resumable",
                        description="Pre-train an MAE. Writes checkpoint.pt, history.csv/json and "
                                    "pretrain_metrics.json into --out.")
-    model_flags(p)
+    model_flags(p, default=None)
+    p.add_argument("--config", help="a JSON / YAML file with the run's model and train configs "
+                                    "(what mae ablate passes to torchrun); flags override it")
     add_dataclass_flags(p, TrainConfig, "training recipe")
     p.add_argument("--out", required=True, help="run folder for checkpoints and history")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")

@@ -23,7 +23,7 @@ def block_flops(tokens: int, dim: int, mlp_dim: int, queries: int | None = None)
 def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, int]:
     """Forward FLOPs per image of the encoder, the decoder, and their sum (``total``: every
     patch predicted, what ``model(images)`` computes). ``train_step`` is three times the forward
-    pass as training runs it (``return_pred=False``: the decoder's last block and pixel head
+    pass as training runs it (`mae.hidden`: the decoder's last block and pixel head
     only on the hidden patches, the first block's mask-token projection shared by the batch),
     ``train_decoder`` that pass's decoder share."""
     c = config
@@ -44,7 +44,7 @@ def mae_flops(config: MAEConfig, mask_ratio: float | None = None) -> dict[str, i
         train_decoder = projection + (c.decoder_layers - 1) * block + last + (L - K) * head
         if not c.encoder_mask_tokens and c.decoder_layers > 1:
             # The first block projects the mask tokens once per position and batch
-            # (`Block.forward_table_tail`), not per image: L rows per batch, not counted.
+            # (`mae.hidden.block_with_table_tail`), not per image: L rows per batch, not counted.
             train_decoder -= 2 * (L - K) * 3 * c.decoder_dim * c.decoder_dim
     return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder,
             "train_decoder": train_decoder, "train_step": 3 * (encoder + train_decoder)}

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .config import MAEConfig, check_mask_ratio, num_visible
+from .config import MAEConfig, check_mask_ratio
 from .decoder import Decoder
 from .encoder import Encoder
 from .layers import init_weights
@@ -24,8 +24,7 @@ from .loss import masked_mse, reconstruction_target
 
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # () mean squared error over hidden patches
-    pred: torch.Tensor | None  # (B, L, P) predicted patches (normalised pixels with
-    #                            norm_pix_loss); None when called with return_pred=False
+    pred: torch.Tensor  # (B, L, P) predicted patches (normalised pixels with norm_pix_loss)
     mask: torch.Tensor  # (B, L) 1 = hidden, 0 = visible
 
 
@@ -75,7 +74,6 @@ class MAE(nn.Module):
     def forward(
         self, images: torch.Tensor, mask_ratio: float | None = None,
         noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-        return_pred: bool = True,
     ) -> MAEOutput:
         """Mask, encode, decode and score a batch.
 
@@ -85,10 +83,6 @@ class MAE(nn.Module):
             noise: optional (B, L) masking noise (the K smallest entries are kept), to reproduce
                 a mask exactly or compare with another implementation.
             generator: optional torch.Generator for the masking noise.
-            return_pred: False skips the predictions of visible patches, which the loss ignores:
-                the decoder then predicts the hidden patches only (`Decoder.forward_hidden`;
-                the training loop does this). The loss and its gradients are the same; ``pred``
-                is None.
 
         Returns:
             `MAEOutput(loss, pred (B, L, P), mask (B, L))`; unpacks like a tuple.
@@ -98,15 +92,9 @@ class MAE(nn.Module):
         ratio = c.mask_ratio if mask_ratio is None else mask_ratio
         check_mask_ratio(ratio, c.num_patches)
         latent, mask, ids_restore = self.encoder(images, ratio, noise, generator)
-        K = num_visible(c.num_patches, ratio)
-        if return_pred or K == c.num_patches:
-            pred = self.decoder(latent, ids_restore)  # (B, L, P)
-            target = reconstruction_target(images, c.patch_size, c.norm_pix_loss)
-            return MAEOutput(masked_mse(pred, target, mask), pred, mask)
-        pred, hidden = self.decoder.forward_hidden(latent, ids_restore, K)  # (B, L - K, P)
-        target = reconstruction_target(images, c.patch_size, c.norm_pix_loss, only=hidden)
-        loss = (pred.float() - target).pow(2).mean()  # = masked_mse over the hidden patches
-        return MAEOutput(loss, None, mask)
+        pred = self.decoder(latent, ids_restore)  # (B, L, P)
+        target = reconstruction_target(images, c.patch_size, c.norm_pix_loss)
+        return MAEOutput(masked_mse(pred, target, mask), pred, mask)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

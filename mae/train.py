@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,15 @@ import torch
 from torch import nn
 
 from .checkpoint import check_config, load_checkpoint, save_checkpoint
-from .config import ConfigError, MAEConfig, TrainConfig
-from .data import ImageDataset, augment, crop_boxes, load_dataset, resize_batch
+from .config import ConfigError, MAEConfig
+from .recipe import TrainConfig
+from .augment import augment, crop_boxes, resize_batch
+from .data import ImageDataset, load_dataset
+from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
+from .optim import lr_at, param_groups
+from .provenance import write_json_atomic, write_text_atomic
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
     fused_adamw, generator, init_distributed, seed_for,
@@ -41,30 +47,12 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# ----- schedule and optimizer -----------------------------------------------------------------
-def lr_at(step: int, total: int, warmup: int, peak: float, final: float = 0.0) -> float:
-    """Linear warm-up for ``warmup`` steps, then half-cosine from ``peak`` to ``final``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only: not on biases, norms, or the CLS / mask tokens."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith("token") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
 def init_model(config: MAEConfig | Mapping[str, Any], seed: int) -> MAE:
-    """The model a run with this seed starts from (also the random-init baseline)."""
-    torch.manual_seed(seed_for(seed, 0, STREAM_INIT))
-    return MAE(config)
+    """The model a run with this seed starts from (also the random-init baseline). The caller's
+    global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, 0, STREAM_INIT))
+        return MAE(config)
 
 
 # ----- batches --------------------------------------------------------------------------------
@@ -133,22 +121,31 @@ def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    for name, text in (("history.csv", buf.getvalue()), ("history.json", json.dumps(history))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+    write_text_atomic(out_dir / "history.csv", buf.getvalue())
+    write_text_atomic(out_dir / "history.json", json.dumps(history))
 
 
 # ----- the loop -------------------------------------------------------------------------------
+@dataclass
+class PretrainResult:
+    """What `pretrain` returns: the trained model, a JSON-ready summary (also written to
+    ``pretrain_metrics.json`` in the run folder) and the per-step history."""
+
+    model: MAE
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+
+
 def pretrain(
     model_config: MAEConfig | Mapping[str, Any], train_config: TrainConfig | Mapping[str, Any],
     out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
     dataset: ImageDataset | None = None, data_root: str | None = None, download: bool = False,
-) -> dict[str, Any]:
-    """Pre-train an MAE and return its metrics; the model is in ``metrics["model"]``.
+) -> PretrainResult:
+    """Pre-train an MAE; returns the model, a summary of the run and its loss history.
 
-    With ``out_dir``, checkpoints (``checkpoint.pt``) and the loss history are written there, and
-    ``resume=True`` continues from the checkpoint if one exists.
+    With ``out_dir``, checkpoints (``checkpoint.pt``), the loss history and the summary
+    (``pretrain_metrics.json``) are written there, and ``resume=True`` continues from the
+    checkpoint if one exists.
     """
     mc = MAEConfig.from_dict(model_config)
     tc = TrainConfig.from_dict(train_config)
@@ -170,7 +167,7 @@ def pretrain(
     if data.images.shape[1] != mc.in_chans:
         raise ConfigError(f"{data.name} has {data.images.shape[1]} channels but in_chans is "
                           f"{mc.in_chans}.")
-    data.to(device)
+    data = data.to(device)
     steps_per_epoch = len(data) // tc.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size {tc.batch_size} exceeds the {len(data)} training images: "
@@ -200,10 +197,11 @@ def pretrain(
             scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
-    net = model
+    # Training predicts the hidden patches only: the same loss and gradients as model(images).
+    net = HiddenPatchLoss(model)
     if info.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         net = torch.compile(net)
 
@@ -239,8 +237,7 @@ def pretrain(
             last = k == tc.accum_steps - 1
             sync = net.no_sync() if info.world > 1 and not last else contextlib.nullcontext()
             with sync, autocast(device, amp):
-                # return_pred=False: the loss needs no predictions of visible patches.
-                loss = net(images, noise=noise, return_pred=False).loss / tc.accum_steps
+                loss = net(images, noise=noise)[0] / tc.accum_steps
             scaler.scale(loss).backward()
             step_loss += loss.detach()
         step_loss = all_mean(step_loss, info)
@@ -271,13 +268,17 @@ def pretrain(
         save(stop)
     wall = wall_before + time.perf_counter() - t0
     done = history[-steps_per_epoch:] if history else []
-    return {
-        "model": model, "steps": stop, "total_steps": total, "epochs": stop / steps_per_epoch,
+    metrics = {
+        "steps": stop, "total_steps": total, "epochs": stop / steps_per_epoch,
         "final_loss": float(np.mean([h["loss"] for h in done])) if done else float("nan"),
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
-        "history": history, "device": str(device), "precision": str(amp or torch.float32),
+        "device": str(device), "precision": str(amp or torch.float32),
         "world_size": info.world, "data": data.fingerprint(),
     }
+    if out is not None and info.main:
+        metrics["checkpoint"] = str(out / CHECKPOINT)
+        write_json_atomic(out / "pretrain_metrics.json", metrics)
+    return PretrainResult(model, metrics, history)
 
 
 def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:

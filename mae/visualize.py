@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from .data import ImageDataset, normalize
+from .augment import normalize
+from .data import ImageDataset
 from .loss import NORM_PIX_EPS
 from .model import MAE
 from .patches import patchify, unpatchify

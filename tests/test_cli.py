@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import SMALL, needs_cifar
 from mae.cli import build_parser, parse_overrides
-from mae.config import EvalConfig, TrainConfig
+from mae.recipe import EvalConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,8 @@ import torch
 
 from conftest import needs_cifar
 from mae import ConfigError
-from mae.data import (
-    DataError, ImageDataset, augment, crop_boxes, data_root, load_dataset, normalize,
-)
+from mae.augment import augment, crop_boxes, normalize
+from mae.data import DataError, ImageDataset, data_root, load_dataset
 
 
 @needs_cifar

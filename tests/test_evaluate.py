@@ -2,13 +2,19 @@ import pytest
 import torch
 
 from conftest import SMALL, needs_cifar
-from mae import MAE, MAEConfig
-from mae.config import EvalConfig
+from mae import MAE, MAEConfig, sincos_2d
+from mae.config import ConfigError
+from mae.recipe import EvalConfig
+from mae.data import ImageDataset
 from mae.evaluate import (
-    Classifier, extract_features, finetune, knn_classify, layer_decay_groups, linear_probe,
-    mix_batch,
+    Classifier, extract_features, finetune, knn_classify, linear_probe, mix_batch, probe_head,
+    random_erase,
 )
 from mae.layers import DropPath
+from mae.optim import layer_decay_groups
+
+TINY = {"img_size": 16, "patch_size": 4, "encoder_dim": 32, "encoder_layers": 2,
+        "encoder_heads": 2, "decoder_dim": 16, "decoder_layers": 1, "decoder_heads": 2}
 
 
 def clusters(n_per_class=100, classes=4, dim=16, spread=0.3, seed=0):
@@ -102,10 +108,154 @@ def test_finetune_runs_and_starts_from_the_given_encoder(cifar_train, cifar_test
     assert 0 <= a["finetune_top1"] <= 100
 
 
-def test_classifier_without_cls_token_pools_the_patch_tokens():
-    config = MAEConfig.from_dict({**SMALL, "cls_token": False})
-    clf = Classifier(config, 10).eval()
-    images = torch.randn(2, 3, 32, 32)
-    latent = clf.encoder(images, 0.0).latent  # (B, L, D)
-    assert latent.shape == (2, 64, 64)
-    torch.testing.assert_close(clf(images), clf.head(clf.fc_norm(latent.mean(1))))
+def by_hand(clf, images, cls_token=True):
+    """The classifier's forward written out: embed + positions, CLS first, blocks, mean of the
+    patch tokens, fc_norm, head; no encoder norm."""
+    enc, pos = clf.encoder, clf.pos_embed
+    T = int(cls_token)
+    x = enc.patch_embed(images) + pos[:, T:]
+    if cls_token:
+        x = torch.cat([(enc.cls_token + pos[:, :1]).expand(len(x), -1, -1), x], dim=1)
+    for block in enc.blocks:
+        x = block(x)
+    return clf.head(clf.fc_norm(x[:, T:].mean(1)))
+
+
+@pytest.mark.parametrize("cls_token", [True, False])
+def test_classifier_pools_the_blocks_output_without_the_encoder_norm(cls_token):
+    config = MAEConfig.from_dict({**TINY, "cls_token": cls_token})
+    clf = Classifier(config, 5).eval()
+    torch.nn.init.normal_(clf.head.weight)  # logits large enough to compare
+    images = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(clf(images), by_hand(clf, images, cls_token))
+    # Not the encoder's normalised output pooled and normalised again (the old recipe).
+    latent = clf.encoder(images, 0.0).latent
+    twice = clf.head(clf.fc_norm(latent[:, int(cls_token):].mean(1)))
+    assert (clf(images) - twice).abs().max() > 1e-3
+    with torch.no_grad():  # the loaded norm weights do not matter
+        clf.encoder.norm.weight.mul_(3.0)
+        clf.encoder.norm.bias.add_(1.0)
+    torch.testing.assert_close(clf(images), by_hand(clf, images, cls_token))
+
+
+def test_classifier_learns_positions_started_from_the_sincos_table():
+    config = MAEConfig.from_dict(TINY)
+    clf = Classifier(config, 5)
+    # The pre-training encoder's state dict, norm included, loads as it is.
+    clf.encoder.load_state_dict(MAE(config).encoder.state_dict())
+    assert isinstance(clf.pos_embed, torch.nn.Parameter) and clf.pos_embed.requires_grad
+    assert torch.equal(clf.pos_embed.detach(), sincos_2d(32, 4, cls_token=True)[None])
+    loss = torch.nn.functional.cross_entropy(clf(torch.randn(4, 3, 16, 16)), torch.arange(4))
+    loss.backward()
+    assert clf.pos_embed.grad is not None and clf.pos_embed.grad.abs().max() > 0
+    assert clf.encoder.cls_token.grad.abs().max() > 0
+    assert not clf.encoder.norm.weight.requires_grad and clf.encoder.norm.weight.grad is None
+
+
+def test_random_erasing_draws_one_noise_box_per_chosen_image():
+    x = torch.full((500, 3, 64, 64), 5.0)
+    g = torch.Generator().manual_seed(0)
+    assert random_erase(x, 0.0, g) is x  # off: the batch itself, nothing drawn
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    out = random_erase(x, 1.0, torch.Generator().manual_seed(1))
+    changed = out != x  # (B, C, H, W); noise equals 5.0 with probability 0
+    assert torch.equal(changed, changed[:, :1].expand_as(changed))  # every channel alike
+    box = changed[:, 0]  # (B, H, W)
+    area = box.sum((1, 2))
+    assert (area > 0).all()  # p = 1: every image is erased
+    # One rectangle: its bounding box is all erased.
+    rows, cols = box.any(2).sum(1), box.any(1).sum(1)
+    assert torch.equal(rows * cols, area)
+    # Area fraction in [0.02, 1/3], up to the rounding of the sides to whole pixels.
+    frac = area / 64**2
+    assert frac.min() >= 0.018 and frac.max() <= 0.343
+    ratio = rows / cols  # log-uniform in [0.3, 1/0.3], up to rounding
+    assert ratio.min() >= 0.25 and ratio.max() <= 4.0
+    noise = out[changed]
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02  # N(0, 1) per pixel
+    half = random_erase(x, 0.5, torch.Generator().manual_seed(1))
+    assert 200 < (half != x).flatten(1).any(1).sum() < 300
+    again = random_erase(x, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, random_erase(x, 1.0, torch.Generator().manual_seed(2)))
+
+
+def test_probe_batchnorm_has_no_affine_and_eps_1e_6():
+    head = probe_head(16, 4, seed=0)
+    assert head[0].eps == 1e-6 and not head[0].affine
+    assert torch.equal(head[1].weight, probe_head(16, 4, seed=0)[1].weight)
+
+
+def images_dataset(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ImageDataset("synthetic", "train", torch.randint(0, 256, (n, 3, 16, 16), generator=g,
+                                                            dtype=torch.uint8),
+                        torch.arange(n) % 3, ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3)
+
+
+def without_time(metrics):
+    return {k: v for k, v in metrics.items() if not k.endswith("_time_s")}
+
+
+def test_probe_and_finetune_leave_the_global_rng_alone_and_repeat():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train, test = clusters(seed=0), clusters(seed=1)
+    a = linear_probe(train, test, 4, {"probe_epochs": 2, "seed": 3})
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(5)  # a different global state: the same result
+    assert without_time(linear_probe(train, test, 4, {"probe_epochs": 2, "seed": 3})) == \
+        without_time(a)
+    config = MAEConfig.from_dict(TINY)
+    data, held_out = images_dataset(32), images_dataset(16, seed=1)
+    ec = {"ft_epochs": 1.0, "ft_batch_size": 8, "ft_reprob": 0.5, "seed": 1}
+    before = torch.get_rng_state()
+    b = finetune(config, data, held_out, None, ec, progress=False)  # init_model reseeds inside
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(5)
+    assert without_time(finetune(config, data, held_out, None, ec, progress=False)) == \
+        without_time(b)
+    state = MAE(config).encoder.state_dict()
+    before = torch.get_rng_state()
+    finetune(config, data, held_out, state, ec, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_probe_and_finetune_reject_what_cannot_train():
+    train, test = clusters(), clusters(seed=1)
+    with pytest.raises(ConfigError, match=r"probe_epochs must be a finite number in \[1, inf\), "
+                                          r"got 0 \(linear probe epochs"):
+        linear_probe(train, test, 4, {"probe_epochs": 0})
+    empty = (train[0][:0], train[1][:0])
+    with pytest.raises(ConfigError, match="linear_probe got no training features"):
+        linear_probe(empty, test, 4)
+    config = MAEConfig.from_dict(TINY)
+    data = images_dataset(10)
+    with pytest.raises(ConfigError, match=r"needs at least ft_batch_size = 16 training images "
+                                          r"for one step, got 10: lower ft_batch_size"):
+        finetune(config, data, data, None, {"ft_batch_size": 16}, progress=False)
+    for epochs in (0, -1.0):
+        with pytest.raises(ConfigError, match=r"ft_epochs must be a finite number in \(0, inf\), "
+                                              r"got -?[01]"):
+            finetune(config, data, data, None, {"ft_epochs": epochs, "ft_batch_size": 4},
+                     progress=False)
+    with pytest.raises(ConfigError, match=r"ft_reprob must be a finite number in \[0, 1\], got 1.5"):
+        EvalConfig(ft_reprob=1.5)
+
+
+@pytest.mark.parametrize("cls, field, value, span", [
+    ("TrainConfig", "base_lr", float("nan"), r"\[0, inf\)"),
+    ("TrainConfig", "beta1", 2.0, r"\[0, 0.9999\]"),
+    ("TrainConfig", "epochs", float("inf"), r"\(0, inf\)"),
+    ("TrainConfig", "batch_size", 0, r"\[1, inf\)"),
+    ("EvalConfig", "probe_lr", float("nan"), r"\(0, inf\)"),
+    ("EvalConfig", "knn_temperature", 0.001, r"\[0.02, inf\)"),
+    ("EvalConfig", "batch_size", 0, r"\[1, inf\)"),
+    ("EvalConfig", "ft_drop_path", 1.0, r"\[0, 0.99\]"),
+])
+def test_every_numeric_recipe_field_is_finite_and_in_range(cls, field, value, span):
+    """Each bad number is refused by name, with its range and what the field is for."""
+    import mae.recipe
+
+    with pytest.raises(ConfigError, match=rf"^{field} must be a finite number in {span}, got "):
+        getattr(mae.recipe, cls).from_dict({field: value})

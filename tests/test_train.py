@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import SMALL, needs_cifar
-from mae import ConfigError, MAEConfig
+from mae import ConfigError
 from mae.checkpoint import CheckpointError, load_checkpoint
 from mae.data import ImageDataset
-from mae.config import TrainConfig
-from mae.train import NonFiniteLossError, lr_at, param_groups, pretrain
+from mae.recipe import TrainConfig
+from mae.optim import lr_at
+from mae.train import NonFiniteLossError, init_model, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FLAGS = [f"--set={k}={v}" for k, v in SMALL.items()]
@@ -40,18 +41,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[-1] > 0.1 and lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
 
 
-def test_weight_decay_groups_skip_norms_biases_tokens():
-    from mae import MAE
-
-    model = MAE(SMALL)
-    decay, no_decay = param_groups(model, 0.05)
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"])
-    skipped = {names[id(p)] for p in no_decay["params"]}
-    assert "encoder.cls_token" in skipped and "decoder.mask_token" in skipped
-    assert "encoder.norm.weight" in skipped and "encoder.blocks.0.attn.qkv.bias" in skipped
-
-
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="batch_size 100 is not divisible by accum_steps 3"):
         TrainConfig(batch_size=100, accum_steps=3)
@@ -64,12 +53,14 @@ def test_train_config_validation():
 @needs_cifar
 def test_loss_falls_and_run_is_reproducible(tmp_path):
     a = pretrain(SMALL, {**TRAIN, "epochs": 2.0}, tmp_path / "a", progress=False)
-    losses = [h["loss"] for h in a["history"]]
+    losses = [h["loss"] for h in a.history]
     assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4])
     b = pretrain(SMALL, {**TRAIN, "epochs": 2.0}, None, progress=False)
-    assert [h["loss"] for h in b["history"]] == losses
+    assert [h["loss"] for h in b.history] == losses
     assert (tmp_path / "a" / "history.csv").read_text().count("\n") == 17
-    assert a["data"]["sha256"] and a["data"]["num_images"] == 512
+    assert a.metrics["data"]["sha256"] and a.metrics["data"]["num_images"] == 512
+    written = json.loads((tmp_path / "a" / "pretrain_metrics.json").read_text())
+    assert written == json.loads(json.dumps(a.metrics)) and written["steps"] == 16
 
 
 @needs_cifar
@@ -180,7 +171,7 @@ def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_p
     torch.save(ckpt, path)
     out = pretrain(SMALL, {**TRAIN, "max_steps": 3}, tmp_path, resume=True, dataset=data,
                    progress=False)
-    assert out["steps"] == 3
+    assert out.metrics["steps"] == 3
     with pytest.raises(CheckpointError, match=r"cls_token: checkpoint True vs requested False"):
         pretrain({**SMALL, "cls_token": False}, TRAIN, tmp_path, resume=True, dataset=data,
                  progress=False)
@@ -190,9 +181,9 @@ def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_p
 def test_gradient_accumulation_matches_one_big_batch(cifar_train):
     data = cifar_train.subset(512)
     a = pretrain(SMALL, {**TRAIN, "max_steps": 3, "checkpoint_every": 0}, dataset=data,
-                 progress=False)["model"]
+                 progress=False).model
     b = pretrain(SMALL, {**TRAIN, "max_steps": 3, "checkpoint_every": 0, "accum_steps": 4},
-                 dataset=data, progress=False)["model"]
+                 dataset=data, progress=False).model
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=name)
 
@@ -203,5 +194,47 @@ def test_reduced_precision_paths_run_on_cpu(cifar_train, precision):
     """The GPU precision code paths (autocast, and a GradScaler for fp16), exercised on CPU."""
     result = pretrain(SMALL, {**TRAIN, "max_steps": 2, "precision": precision},
                       dataset=cifar_train.subset(512), progress=False)
-    assert result["precision"] == f"torch.{'bfloat16' if precision == 'bf16' else 'float16'}"
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])
+    assert result.metrics["precision"] == (
+        f"torch.{'bfloat16' if precision == 'bf16' else 'float16'}")
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
+def test_init_model_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    a = init_model(SMALL, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = init_model(SMALL, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+@needs_cifar
+def test_pretrain_does_not_change_the_callers_dataset(cifar_train):
+    data = cifar_train.subset(512)
+    images = data.images
+    moved = data.to("cpu")
+    assert moved is not data and data.images is images
+    pretrain(SMALL, {**TRAIN, "max_steps": 1}, dataset=data, progress=False)
+    assert data.images is images and len(data) == 512
+
+
+@needs_cifar
+def test_a_config_file_runs_what_the_flags_run(tmp_path):
+    """--config (what the ablation runner hands torchrun) trains the same model as the flags."""
+    flags = train_flags(max_steps=2, checkpoint_every=0)
+    subprocess.run(cli(*flags, f"--out={tmp_path / 'flags'}"), check=True, capture_output=True,
+                   cwd=ROOT)
+    configs = load_checkpoint(tmp_path / "flags" / "checkpoint.pt")["config"]
+    (tmp_path / "run.json").write_text(json.dumps(configs))
+    run = subprocess.run([sys.executable, "-m", "mae", "pretrain", "--no-progress",
+                          f"--config={tmp_path / 'run.json'}", f"--out={tmp_path / 'file'}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    a = load_checkpoint(tmp_path / "flags" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "file" / "checkpoint.pt")
+    assert a["config"] == b["config"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    both = subprocess.run([sys.executable, "-m", "mae", "pretrain", "--preset=micro",
+                           f"--config={tmp_path / 'run.json'}", f"--out={tmp_path / 'x'}"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert both.returncode == 2 and "give one of them" in both.stderr

@@ -1,0 +1,182 @@
+"""bench.py's report: the run's header, the ratio lines and the .csv / .md tables (speedups.py
+shares the output folder and the device's file name)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from common import MATCHED, ROOT, VITL, paired_ratio
+from mae.provenance import device_name, git_state, versions, write_text_atomic
+
+RESULTS = ROOT / "results" / "benchmarks"
+# Smoke runs (numbers meaningless) stay out of the committed results.
+SMOKE_OUT = Path(tempfile.gettempdir()) / "mae-bench-smoke"
+
+
+def output_folder(out: Path | None, smoke: bool) -> Path:
+    """The folder a run writes to: ``--out`` if given, else results/benchmarks (smoke runs: a
+    temporary folder)."""
+    return out if out is not None else SMOKE_OUT if smoke else RESULTS
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"cpu-{torch.get_num_threads()}threads"
+
+
+def run_header(device: torch.device, amp: torch.dtype | None, impls: list[str],
+               argv: list[str] | None) -> dict:
+    """Machine, precision, date, versions, git commit and command of this run."""
+    v = versions()
+    return {
+        "machine": device_name(str(device)),
+        "device": str(device),
+        "precision": "bf16 autocast" if amp == torch.bfloat16
+        else str(amp or torch.float32).replace("torch.", ""),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "mae") if k in v)
+        + "".join(f", {m} {metadata.version(m)}" for m in ("transformers", "vit-pytorch")
+                  if m in impls),
+        "git commit": "{git_commit}{dirty}".format(
+            **git_state(), dirty=" (uncommitted changes)" if git_state()["git_dirty"] else ""),
+        "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+
+
+# ----------------------------------------------------------------------------- ratios
+def ratio_line(ours: dict, peer: dict, note: str | None = None) -> tuple[str, bool]:
+    """ours / peer in images/s and whether it is above 1 by more than its spread; True if so.
+    With a ``note`` the line is for information: the note replaces the verdict.
+
+    The steps were interleaved, so round i holds one step of each: the ratio is the median of
+    the per-round ratios (a slow drift of the machine's speed cancels within a round) and its
+    spread the half interquartile range of those ratios. Without per-round times (rows read
+    back from a file) it falls back to the ratio of medians with both spreads added.
+    """
+    a, b = ours.get("step_times"), peer.get("step_times")
+    if a and b and len(a) == len(b):
+        r, spread = paired_ratio(a, b)
+        how = "paired per round"
+    else:
+        r = ours["images_per_s"] / peer["images_per_s"]
+        spread = r * (ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"])
+        how = "both spreads added"
+    ahead = r - 1 > spread
+    verdict = f" ({note})" if note else "" if ahead else "  <- not ahead by more than the spread"
+    return (f"{ours['shape']}: {ours['impl']} / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, "
+            f"{how}){verdict}"), ahead
+
+
+def ratio_lines(rows: list[dict], shapes: list[str], impls: list[str],
+                compile_modes: list[bool], pipe: dict | None) -> list[str]:
+    """The report's closing lines: mae over each peer at its architecture, the achieved share of
+    the matmul rate, the mask-token encoder's cost, the data pipeline's headroom."""
+    ratios, ahead_all = [], True
+    by = {(r["section"], r["shape"], r["impl"]): r for r in rows}
+    for name in shapes:
+        for comp in compile_modes:
+            suffix = " +compile" if comp else ""
+            for peer in [i for i in impls if i != "mae"] if "mae" in impls else []:
+                ours = by.get(("train_step", name, MATCHED[peer] + suffix))
+                other = by.get(("train_step", name, peer + suffix))
+                if ours and other:
+                    line, ahead = ratio_line(ours, other)
+                    ratios.append(line)
+                    ahead_all &= ahead
+            ours = by.get(("train_step", name, "mae" + suffix))
+            other = by.get(("train_step", name, "vit-pytorch" + suffix))
+            if ours and other:  # for information: not the same architecture
+                ratios.append(ratio_line(ours, other, "mae with its CLS token: one more token per "
+                                         "sequence than vit-pytorch; not counted")[0])
+    for name in shapes:
+        r = by.get(("train_step", name, "mae"))
+        if r:
+            ratios.append(f"{name}: achieved {r['achieved_gflops']:.1f} GFLOP/s = "
+                          f"{r['pct_of_peak']:.1f}% of the matmul rate measured between its steps "
+                          f"({r['peak_gflops']:.0f} GFLOP/s)")
+    vis, tok = by.get(("encoder_variant", VITL.name, "mae visible-only")), \
+        by.get(("encoder_variant", VITL.name, "mae mask tokens"))
+    if vis and tok:
+        ratios.append(f"{VITL.name}: visible-only / mask-token encoder step = "
+                      f"{vis['images_per_s'] / tok['images_per_s']:.2f}x wall clock; analytic "
+                      f"FLOPs ratio {tok['step_gflop_per_image'] / vis['step_gflop_per_image']:.2f}x "
+                      f"(step), {tok['encoder_gflop_per_image'] / vis['encoder_gflop_per_image']:.2f}x "
+                      f"(encoder)")
+    if pipe:
+        for name in shapes:
+            r = by.get(("train_step", name, "mae"))
+            if r:
+                ratios.append(f"data pipeline / {name} train step = "
+                              f"{pipe['images_per_s'] / r['images_per_s']:.0f}x")
+    if len(impls) > 1:
+        ratios.append("mae ahead of every peer by more than the spread: "
+                      + ("yes" if ahead_all else "NO"))
+    return ratios
+
+
+# ----------------------------------------------------------------------------- tables
+COLUMNS = ["section", "shape", "impl", "batch", "params", "images_per_s", "spread",
+           "step_gflop_per_image", "encoder_gflop_per_image", "achieved_gflops", "peak_gflops",
+           "pct_of_peak",
+           "peak_mem_mib"]
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def write_report(rows: list[dict], ratios: list[str], header: dict, out_dir: Path, slug: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(out_dir / f"{slug}.csv", buf.getvalue())
+
+    lines = [f"# Benchmarks: {header['machine']}", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items() if k != "machine"]
+    lines += [""] + """\
+Images/s are medians of repeated steps (implementations interleaved, one step of
+each per round, the order rotating from round to round); +/- is half the
+interquartile range. A ratio below is the median of the per-round ratios of step
+times, +/- half their interquartile range. vit-pytorch's MAE has no CLS token: it is
+compared with `mae no-CLS`, mae built the same way (`cls_token=False`); transformers
+with `mae`. GFLOP/image are analytic, for the architecture the row builds (`mae.flops`:
+a step = 3 forward passes, counted as mae's training step runs them: the decoder's last
+block and pixel head on hidden patches only, its first block's mask-token projection
+once per batch); % of peak compares the achieved rate with the median rate of a matmul
+of the peak's size timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
+that two train steps add in a fresh process beyond the model and the batch
+(activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
+""".splitlines() + [""]
+    md_cols = ["section", "shape", "impl", "batch", "trainable params", "images/s", "+/-",
+               "GFLOP/image", "GFLOP/s", "matmul GFLOP/s", "% of peak", "peak MiB"]
+    lines.append("| " + " | ".join(md_cols) + " |")
+    lines.append("|" + "---|" * len(md_cols))
+    for r in rows:
+        cells = [r["section"], r.get("shape", ""), r.get("impl", ""), fmt(r.get("batch")),
+                 fmt(r.get("params")), fmt(r.get("images_per_s")), fmt(r.get("spread")),
+                 fmt(r.get("step_gflop_per_image"), 3), fmt(r.get("achieved_gflops")),
+                 fmt(r.get("peak_gflops"), 0), fmt(r.get("pct_of_peak")), fmt(r.get("peak_mem_mib"), 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Ratios", ""] + [f"- {r}" for r in ratios] + [""]
+    md = out_dir / f"{slug}.md"
+    write_text_atomic(md, "\n".join(lines))
+    return md

@@ -1,0 +1,201 @@
+"""Results tables and figures from the ablation run folders: ``python -m mae report``.
+
+Each sweep at each tier and dataset becomes ``results/tables/<sweep>-<tier>[-<dataset>].csv``
+and ``.md`` (mean and sample std over seeds, the paper's numbers beside), a ``-runs.csv`` with
+every run's provenance, and ``results/figures/<sweep>-<tier>[-<dataset>].png``. Deterministic: a
+rerun on the same run folders gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .ablate import Point, load_sweep, project_root, sweep_names, sweep_points
+from .provenance import write_bytes_atomic, write_text_atomic
+
+
+def collect_runs(results: Path, tier: str) -> dict[str, dict[str, Any]]:
+    """metrics.json of every complete run of a tier, by run folder (relative, POSIX)."""
+    runs = {}
+    for path in sorted((results / "runs" / tier).glob("*/*/seed*/metrics.json")):
+        runs[path.parent.relative_to(results).as_posix()] = json.loads(path.read_text())
+    return runs
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
+
+
+def report(results: Path | None = None, root: Path | None = None, log=print) -> list[Path]:
+    """Turn run folders into ``results/tables/<sweep>-<tier>.{csv,md}`` (+ ``-runs.csv``) and
+    ``results/figures/<sweep>-<tier>.png``; deterministic, so a rerun gives identical bytes."""
+    root = root or project_root()
+    results = results or root / "results"
+    written = []
+    tiers = sorted(p.name for p in (results / "runs").iterdir() if p.is_dir()) \
+        if (results / "runs").is_dir() else []
+    for tier in tiers:
+        runs = collect_runs(results, tier)
+        for sweep in sweep_names(root):
+            spec = load_sweep(root, sweep)
+            if tier not in spec["tiers"]:
+                continue
+            for dataset in sorted({r.split("/")[2] for r in runs}):
+                rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results)
+                if not any(r["seeds"] for r in rows):
+                    continue
+                stem = f"{sweep}-{tier}" + ("" if dataset == "cifar10" else f"-{dataset}")
+                written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
+                written.append(_write_figure(results, stem, spec, tier, dataset, rows))
+                log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
+    return written
+
+
+def _sweep_rows(root, sweep, tier, dataset, runs, results):
+    rows, run_rows = [], []
+    for point in sweep_points(root, sweep, tier, dataset, results=results):
+        key = point.run_dir.relative_to(results).as_posix()
+        if not any(r["label"] == point.label for r in rows):
+            rows.append({"label": point.label, "value": point.value, "point": point.name,
+                         "paper": point.paper, "runs": []})
+        if key in runs:
+            next(r for r in rows if r["label"] == point.label)["runs"].append(runs[key])
+            run_rows.append(_flatten(key, point, runs[key]))
+    for row in rows:
+        row["seeds"] = len(row["runs"])
+        for metric in ("probe_top1", "knn_top1", "finetune_top1", "pretrain_wall_time_s",
+                       "pretrain_final_loss"):
+            values = [r["metrics"][metric] for r in row["runs"] if metric in r["metrics"]]
+            row[metric] = _stats(values) if values else None
+    return rows, run_rows
+
+
+def _flatten(key: str, point: Point, run: dict[str, Any]) -> dict[str, Any]:
+    flat = {"run": key, "label": point.label, "seed": run["seed"]}
+    for name, value in sorted(run["metrics"].items()):
+        flat[name] = round(value, 4) if isinstance(value, float) else value
+    prov = run["provenance"]
+    flat.update({"git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
+                 "utc_time": prov["utc_time"], "device": prov["device_name"],
+                 "data_sha256": run["data"]["train"]["sha256"],
+                 "wall_time_s": round(run["wall_time_s"], 1)})
+    flat.update({f"v_{k}": v for k, v in sorted(prov["versions"].items())})
+    for section in ("model", "train", "eval"):
+        flat.update({f"{section}.{k}": v for k, v in sorted(run["config"][section].items())})
+    return flat
+
+
+def _cell(stat, digits=1):
+    if stat is None:
+        return ""
+    mean, std = stat
+    return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Path]:
+    import csv
+
+    tables = results / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    has_ft = any(r["finetune_top1"] for r in rows)
+    header = ["setting", "seeds", "probe_top1_mean", "probe_top1_std", "knn_top1_mean",
+              "knn_top1_std"] + (["finetune_top1_mean", "finetune_top1_std"] if has_ft else []) \
+        + ["pretrain_minutes", "final_loss", "paper_lin", "paper_ft"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        def pair(stat):
+            return [f"{stat[0]:.2f}", f"{stat[1]:.2f}"] if stat else ["", ""]
+        writer.writerow([r["label"], r["seeds"], *pair(r["probe_top1"]), *pair(r["knn_top1"])]
+                        + (pair(r["finetune_top1"]) if has_ft else [])
+                        + [f"{r['pretrain_wall_time_s'][0] / 60:.1f}" if r["pretrain_wall_time_s"] else "",
+                           f"{r['pretrain_final_loss'][0]:.4f}" if r["pretrain_final_loss"] else "",
+                           r["paper"].get("lin", ""), r["paper"].get("ft", "")])
+    csv_path = tables / f"{stem}.csv"
+    write_text_atomic(csv_path, buf.getvalue())
+
+    runs_buf = io.StringIO()
+    fields = sorted({k for row in run_rows for k in row}, key=lambda k: (k not in (
+        "run", "label", "seed"), k))
+    writer = csv.DictWriter(runs_buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(run_rows)
+    runs_path = tables / f"{stem}-runs.csv"
+    write_text_atomic(runs_path, runs_buf.getvalue())
+
+    commits = sorted({r["provenance"]["git_commit"][:10] + ("+dirty" if r["provenance"]["git_dirty"] else "")
+                      for row in rows for r in row["runs"]})
+    devices = sorted({r["provenance"]["device_name"] for row in rows for r in row["runs"]})
+    lines = [f"### {spec['title']} ({tier} tier, {dataset})", "",
+             "| setting | seeds | linear probe top-1 (%) | kNN top-1 (%) | "
+             + ("fine-tune top-1 (%) | " if has_ft else "")
+             + "pre-training (min) | paper lin | paper ft |",
+             "|---|---|---|---|" + ("---|" if has_ft else "") + "---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['seeds']} | {_cell(r['probe_top1'])} | {_cell(r['knn_top1'])} | "
+            + (f"{_cell(r['finetune_top1'])} | " if has_ft else "")
+            + (f"{r['pretrain_wall_time_s'][0] / 60:.1f}" if r["pretrain_wall_time_s"] else "")
+            + f" | {r['paper'].get('lin', '–')} | {r['paper'].get('ft', '–')} |")
+    lines += ["", f"Ours: mean ± sample std over seeds. Paper: {spec['paper_source'].strip()}",
+              f"Runs: {sum(r['seeds'] for r in rows)} (per-run provenance in `{runs_path.name}`), "
+              f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]
+    md_path = tables / f"{stem}.md"
+    write_text_atomic(md_path, "\n".join(lines))
+    return [csv_path, runs_path, md_path]
+
+
+def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = results / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    done = [r for r in rows if r["seeds"]]
+    # A numeric sweep (mask ratio, depth, width) on a numeric axis; anything else categorical.
+    numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
+                  for r in done)
+    x = [r["value"] for r in done] if numeric else list(range(len(done)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric, name, marker in (("probe_top1", "linear probe (ours)", "o"),
+                                 ("knn_top1", "kNN (ours)", "s"),
+                                 ("finetune_top1", "fine-tune (ours)", "^")):
+        pts = [(i, r[metric]) for i, r in zip(x, done) if r[metric]]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                        yerr=[p[1][1] for p in pts], marker=marker, capsize=3, label=name)
+    if numeric and all(isinstance(v, int) and v > 0 for v in x) and max(x) >= 8 * min(x):
+        ax.set_xscale("log", base=2)  # depths / widths that double
+        ax.minorticks_off()
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(r["label"]).split("=")[-1] for r in done])
+    ax.set_xlabel(spec.get("parameter", "setting"))
+    ax.set_ylabel(f"top-1 on {dataset} test (%)")
+    paper = [(i, r["paper"]["lin"]) for i, r in zip(x, done) if "lin" in r["paper"]]
+    if paper:
+        twin = ax.twinx()
+        twin.plot([p[0] for p in paper], [p[1] for p in paper], "k--", marker="x",
+                  label="paper linear probe (ImageNet, ViT-L)")
+        twin.set_ylabel("paper: ImageNet top-1 (%)")
+    handles, labels = ax.get_legend_handles_labels()
+    if paper:
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    # Below the axes, so that no point hides behind it.
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=max(1, len(labels)),
+               frameon=False)
+    ax.set_title(f"{spec['title']} — {tier} tier, {dataset}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return write_bytes_atomic(figures / f"{stem}.png", png.getvalue())
