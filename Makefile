@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 CHAPTERS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: help install test book ablations report bench clean
+.PHONY: help install test test-floor book ablations report bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -21,6 +21,20 @@ install: $(STAMP)  ## create .venv and install mae with the book and dev extras
 
 test: install  ## run the tests, and re-execute every chapter with nbval (strict)
 	$(BIN)/python -m pytest tests $(CHAPTERS) --nbval --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
+
+# The oldest torch the package declares (pyproject.toml), with the last transformers line that runs
+# on it (5.x needs torch >= 2.6): the unit tests run there too, without notebooks and book.
+FLOOR_VENV ?= .venv-floor
+FLOOR_PINS := "torch==2.4.1" "torchvision==0.19.1" "transformers>=4.40,<5" "matplotlib>=3.7"
+$(FLOOR_VENV)/.installed: pyproject.toml
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet $(FLOOR_PINS) -e ".[dev]"
+	@touch $@
+
+test-floor: $(FLOOR_VENV)/.installed  ## the unit tests on the oldest supported torch (2.4.1)
+	$(FLOOR_VENV)/bin/python -m pytest tests -p no:cacheprovider --deselect tests/test_book.py \
+		--deselect tests/test_ablate.py --deselect tests/test_bench.py $(PYTEST_ARGS)
 
 EXECUTE ?= 0
 book: install  ## build the HTML book into _build/html (warnings are errors; EXECUTE=1 re-runs chapters)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
-from .recipe import TrainConfig
+from .recipe import EvalConfig, TrainConfig
 from .provenance import write_json_atomic
 from .train import PretrainResult
 
@@ -64,12 +64,27 @@ def load_sweep(root: Path, name: str) -> dict[str, Any]:
     names = sweep_names(root)
     if name not in names:
         raise unknown_key_error(name, names, "sweep")
-    spec = load_yaml(root / "ablations" / f"{name}.yaml")
+    path = root / "ablations" / f"{name}.yaml"
+    spec = load_yaml(path)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must be a mapping (title:, tiers:, and points: or parameter: "
+                          f"with values:), not a {type(spec).__name__}.")
+    shorthand = "parameter" in spec and isinstance(spec.get("values"), list)
+    missing = [k for k in ("title", "tiers") if k not in spec]
+    if missing or not (shorthand or isinstance(spec.get("points"), list)):
+        raise ConfigError(f"{path} lacks {', '.join(missing) or 'its points'}: a sweep needs "
+                          f"title:, tiers: and either points: (a list) or parameter: with "
+                          f"values: (a list); see ablations/mask_ratio.yaml.")
+    spec.setdefault("paper_source", "")
     if "points" not in spec:  # shorthand: one parameter, a list of values
         spec["points"] = [{"label": f"{spec['parameter']}={fmt(v)}", "set": {spec["parameter"]: v},
                            "paper": (spec.get("paper") or {}).get(v, {}), "value": v}
                           for v in spec["values"]]
     for i, point in enumerate(spec["points"]):
+        if not isinstance(point, dict) or "label" not in point or not isinstance(
+                point.get("set"), dict):
+            raise ConfigError(f"{path} point {i} must be a mapping with label: and set: (the "
+                              f"model fields it changes), got {point!r}.")
         point.setdefault("value", point["label"])
         point.setdefault("paper", {})
         for key in point["set"]:
@@ -157,23 +172,101 @@ def notebook_parameters(tier: dict[str, Any], dataset: str, model: dict[str, Any
     }
 
 
+# Train fields that change how a run is executed, not what it computes.
+FREE_TRAIN_KEYS = ("device", "num_threads", "compile", "checkpoint_every")
+
+
+def resolved_configs(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The configs a point's notebook will run with, validated as the notebook does, so that a
+    bad sweep or tier fails here, before any kernel starts or run folder is made."""
+    model = MAEConfig.preset(parameters["preset"], **{k: parameters[k] for k in SWEPT},
+                             **parameters["model_extra"])
+    return {
+        "model": model.to_dict(),
+        "train": TrainConfig.from_dict({**parameters["train"], "dataset": parameters["dataset"],
+                                        "seed": parameters["seed"]}).to_dict(),
+        "eval": EvalConfig.from_dict({**parameters["evaluation"],
+                                      "seed": parameters["seed"]}).to_dict(),
+        **{k: parameters[k] for k in ("eval_train_subset", "eval_test_subset", "finetune",
+                                      "nproc", "pretrain")},
+    }
+
+
+def stale_keys(point: Point, record: dict[str, Any]) -> list[str]:
+    """How a finished run's recorded configs differ from what its point resolves to now. A key
+    the record lacks (added to a config since) counts as its default, so adding an option whose
+    default is the old behaviour leaves finished runs valid."""
+    now = resolved_configs(point.parameters)
+    found = {**record.get("config", {}), "pretrain": record.get("pretrain", True)}
+    diffs = []
+    for section, cls in (("model", MAEConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        old = {**cls().to_dict(), **found.get(section, {})}
+        for key in sorted(set(old) | set(now[section])):
+            if section == "train" and key in FREE_TRAIN_KEYS:
+                continue
+            if old.get(key) != now[section].get(key):
+                diffs.append(f"{section}.{key}: run {old.get(key)!r}, now {now[section][key]!r}")
+    for key in ("eval_train_subset", "eval_test_subset", "finetune", "nproc", "pretrain"):
+        if found.get(key) != now[key]:
+            diffs.append(f"{key}: run {found.get(key)!r}, now {now[key]!r}")
+    return diffs
+
+
 def run_sweep(
     sweep: str, tier: str, dataset: str | None = None, seeds: list[int] | None = None,
-    results: Path | None = None, root: Path | None = None, log=print,
+    results: Path | None = None, root: Path | None = None, log=print, rerun_stale: bool = False,
 ) -> int:
-    """Execute every missing point with papermill; returns the number of failed points."""
+    """Execute every missing point with papermill; returns the number of failed points.
+
+    A finished point whose recorded configs differ from what the sweep and tier resolve to now
+    is refused by name (its differing keys listed) unless ``rerun_stale``, which moves its
+    folder aside (``stale-seed<k>-<time>``) and runs it again. A point another process is
+    running (its folder locked) is left to that process.
+    """
+    import fcntl
+
     import papermill
 
     root = root or project_root()
     points = sweep_points(root, sweep, tier, dataset, seeds, results)
+    for point in points:  # every point's configs, before anything runs
+        resolved_configs(point.parameters)
+    stale = {}
+    for point in points:
+        if (point.run_dir / "metrics.json").is_file():
+            diffs = stale_keys(point, json.loads((point.run_dir / "metrics.json").read_text()))
+            if diffs:
+                stale[point.run_dir] = diffs
+    if stale and not rerun_stale:
+        first, diffs = next(iter(stale.items()))
+        raise ConfigError(
+            f"{len(stale)} finished point(s) of {sweep} were run with other configs than "
+            f"{tier} resolves to now, e.g. {first}: {'; '.join(diffs[:4])}. Restore the old "
+            f"settings, or rerun those points with --rerun-stale (their folders are kept aside).")
     failed = 0
     for i, point in enumerate(points, 1):
         head = f"[{i}/{len(points)}] {sweep} {point.label} seed {point.seed}"
         metrics_file = point.run_dir / "metrics.json"
+        if point.run_dir in stale:
+            aside = point.run_dir.with_name(
+                f"stale-{point.run_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+            point.run_dir.rename(aside)
+            log(f"{head}: stale ({'; '.join(stale[point.run_dir][:2])}), moved to {aside}")
         if metrics_file.is_file():
             log(f"{head}: done before, skipped ({point.run_dir})")
             continue
         point.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(point.run_dir / ".lock", "w")  # held while this process runs the point
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            log(f"{head}: running in another process, skipped ({point.run_dir})")
+            continue
+        if metrics_file.is_file():  # finished by another process while we looked
+            lock.close()
+            log(f"{head}: done before, skipped ({point.run_dir})")
+            continue
         (point.run_dir / "error.json").unlink(missing_ok=True)
         log(f"{head}: running -> {point.run_dir}")
         t0 = time.perf_counter()
@@ -184,6 +277,7 @@ def run_sweep(
                 cwd=str(root),
             )
         except Exception as e:  # noqa: BLE001 - every failure is recorded, the sweep goes on
+            release(lock)
             failed += 1
             message = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
             write_json_atomic(point.run_dir / "error.json", {
@@ -192,6 +286,7 @@ def run_sweep(
             })
             log(f"{head}: FAILED after {time.perf_counter() - t0:.0f} s: {message}")
             continue
+        release(lock)
         metrics = json.loads(metrics_file.read_text())
         summary = ", ".join(f"{k} {metrics['metrics'][k]:.1f}"
                             for k in ("probe_top1", "knn_top1", "finetune_top1")
@@ -200,6 +295,12 @@ def run_sweep(
     log(f"{sweep} at tier {tier}: {len(points) - failed} of {len(points)} points complete"
         + (f", {failed} failed (see error.json in their folders)" if failed else ""))
     return failed
+
+
+def release(lock) -> None:
+    """Drop a point's lock file (the run folder is committed; the lock is not part of it)."""
+    Path(lock.name).unlink(missing_ok=True)
+    lock.close()
 
 
 def pretrain_run(model_config: MAEConfig, train_config: TrainConfig, out_dir: Path,

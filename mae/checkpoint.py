@@ -54,8 +54,14 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: check the path, or start "
-                              f"without --resume.")
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path (a run folder "
+                              f"or the checkpoint.pt in it).")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive; a damaged one still starts so
+        raise CheckpointError(f"{path} is not a checkpoint: torch.save writes a zip archive and "
+                              f"this file is none (a text file, or another format?). Pass the "
+                              f"checkpoint.pt that pretrain wrote, or its run folder.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -67,8 +73,8 @@ def load_checkpoint(
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Delete it and resume from an earlier "
-            f"checkpoint, or retrain."
+            f"{str(e).splitlines()[0] if str(e) else ''}). Restore it from a copy, or delete it "
+            f"and train again (pretrain --overwrite)."
         ) from e
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not an mae checkpoint (no format_version); load plain "
@@ -76,10 +82,25 @@ def load_checkpoint(
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this "
                               f"mae ({FORMAT_VERSION}): upgrade mae.")
+    if isinstance(ckpt.get("model"), Mapping):
+        check_finite(ckpt["model"], str(path))
     for section, want in (expected or {}).items():
         check_config(ckpt.get("config", {}).get(section, {}), want, f"{path} ({section} config)",
                      (defaults or {}).get(section))
     return ckpt
+
+
+def check_finite(state_dict: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` naming the first floating-point tensor with a NaN or an infinity:
+    such weights would give chance-level features and pictures without a word."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{where}: tensor {name} holds {bad} NaN or infinite value(s) of "
+                    f"{tensor.numel()}; the weights are unusable. Retrain, or use a checkpoint "
+                    f"written before training diverged.")
 
 
 def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str,

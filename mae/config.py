@@ -183,10 +183,21 @@ class MAEConfig(ConfigBase):
                     f"{part}_dim {dim} must be a multiple of 4 for the 2-D sin-cos positional "
                     f"embedding (two axes, sin and cos): use e.g. {dim // 4 * 4 + 4}."
                 )
-        if not self.mlp_ratio > 0:
-            raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio}.")
-        if not self.layer_norm_eps > 0:
-            raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}.")
+        for name in ("encoder_dim", "decoder_dim"):  # beyond any ViT anyone trains (ViT-22B: 6144)
+            if getattr(self, name) > 65536:
+                raise ConfigError(f"{name} {getattr(self, name)} is beyond any ViT (ViT-22B is "
+                                  f"6144 wide): check the value.")
+        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= 64):
+            raise ConfigError(f"mlp_ratio must be a finite number in (0, 64], got "
+                              f"{self.mlp_ratio} (4 in ViT).")
+        for part in ("encoder", "decoder"):
+            if getattr(self, f"{part}_mlp_dim") < 1:
+                raise ConfigError(f"mlp_ratio {self.mlp_ratio} gives the {part} MLP no hidden "
+                                  f"unit ({part}_dim {getattr(self, f'{part}_dim')} x "
+                                  f"{self.mlp_ratio} < 1): use a larger mlp_ratio (4 in ViT).")
+        if not (math.isfinite(self.layer_norm_eps) and 0 < self.layer_norm_eps < 1):
+            raise ConfigError(f"layer_norm_eps must be a finite number in (0, 1), got "
+                              f"{self.layer_norm_eps} (1e-6 in the paper).")
         check_mask_ratio(self.mask_ratio, self.num_patches)
         if self.mask_sampling not in MASK_SAMPLINGS:
             raise unknown_key_error(self.mask_sampling, list(MASK_SAMPLINGS), "mask_sampling")
@@ -212,6 +223,15 @@ def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
             f"mask_ratio {mask_ratio} leaves no visible patch out of {num_patches}: use a ratio of "
             f"at most {largest:.4f}, or smaller patches."
         )
+
+
+def check_hides_a_patch(mask_ratio: float, num_patches: int) -> None:
+    """Raise ConfigError if the ratio hides nothing: then there is nothing to reconstruct."""
+    if num_visible(num_patches, mask_ratio) >= num_patches:
+        raise ConfigError(
+            f"mask_ratio {mask_ratio} hides no patch, so there is nothing to reconstruct and the "
+            f"loss is undefined: use a ratio in (0, 1) (the paper's default is 0.75), or "
+            f"model.features(images) for the encoder's features of unmasked images.")
 
 
 def grid_step(mask_ratio: float, grid_size: int) -> int:

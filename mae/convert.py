@@ -255,6 +255,12 @@ def load_weights(
         converted = unwrap(state_dict)
     else:
         raise ConversionError(f"unknown weight format {format!r}: use one of {FORMATS}.")
+    from .checkpoint import CheckpointError, check_finite
+
+    try:
+        check_finite(converted, "weights")
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))

@@ -30,21 +30,26 @@ __all__ = ["extract_features", "probe_head", "linear_probe", "knn_classify", "ev
 @torch.no_grad()
 def extract_features(
     model: MAE, data: ImageDataset, pool: str = "cls", batch_size: int = 512,
-    amp: torch.dtype | None = None,
+    amp: torch.dtype | None = None, progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder features of every image, unmasked: (N, D) float32 and labels (N,).
 
     pool: ``cls`` (the CLS token, as the paper's linear probe) or ``mean`` (of the patch tokens).
+    progress: a progress bar (minutes for a large set on a CPU).
     """
+    from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
+
     if pool == "cls" and not model.config.cls_token:
         raise ValueError("pool='cls' needs a CLS token, but the model was built with "
                          "cls_token=False: use pool='mean' (features: mean).")
+    data.check_size(model.config.img_size, "feature extraction")
     T = model.config.num_prefix
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     feats = []
-    for start in range(0, len(data), batch_size):
+    for start in tqdm(range(0, len(data), batch_size), desc=f"features of {data.split}",
+                      unit="batch", disable=not progress, leave=False):
         images = data.images[start:start + batch_size].to(device)
         x = resize_batch(images, model.config.img_size, data.mean, data.std)
         with autocast(device, amp):
@@ -120,12 +125,15 @@ def knn_classify(
 ) -> dict[str, float]:
     """Weighted kNN on cosine similarity: each of the k nearest training features votes for its
     class with weight exp(similarity / T) (Wu et al. 2018; as used for DINO)."""
+    if not 1 <= k <= len(train[0]):
+        raise ConfigError(f"knn_k {k} needs at least {k} training features, got "
+                          f"{len(train[0])}: lower knn_k or use more training images.")
     xt = F.normalize(train[0], dim=1)
     yt = train[1]
     correct = 0
     for start in range(0, len(test[0]), chunk):
         q = F.normalize(test[0][start:start + chunk], dim=1)
-        sim, idx = (q @ xt.T).topk(min(k, len(xt)), dim=1)  # (b, k)
+        sim, idx = (q @ xt.T).topk(k, dim=1)  # (b, k)
         votes = torch.zeros(len(q), num_classes, device=q.device)
         votes.scatter_add_(1, yt[idx], (sim / temperature).exp())
         correct += (votes.argmax(1) == test[1][start:start + chunk]).sum().item()

@@ -163,6 +163,8 @@ def finetune(
     Torch's global random state is the caller's again afterwards."""
     ec = EvalConfig.from_dict(eval_config or {})
     device = torch.device(device)
+    for data in (train, test):
+        data.check_size(config.img_size, "fine-tuning")
     bs = ec.ft_batch_size
     if len(train) < bs:
         raise ConfigError(f"fine-tuning needs at least ft_batch_size = {bs} training images for "

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, check_mask_ratio, num_visible
+from .config import check_hides_a_patch, check_mask_ratio, num_visible
 from .decoder import Decoder
 from .layers import Block, merge_heads, split_heads
 from .loss import reconstruction_target
@@ -45,9 +45,8 @@ def hidden_patch_loss(
     c = model.config
     ratio = c.mask_ratio if mask_ratio is None else mask_ratio
     check_mask_ratio(ratio, c.num_patches)
+    check_hides_a_patch(ratio, c.num_patches)
     K = num_visible(c.num_patches, ratio)
-    if K == c.num_patches:
-        raise ConfigError(f"mask_ratio {ratio} hides no patch: there is nothing to reconstruct.")
     latent, mask, ids_restore = model.encoder(images, ratio, noise, generator)
     pred, hidden = decode_hidden(model.decoder, latent, ids_restore, K)  # (B, L - K, P)
     target = reconstruction_target(images, c.patch_size, c.norm_pix_loss, only=hidden)

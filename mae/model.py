@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .config import MAEConfig, check_mask_ratio
+from .config import MAEConfig, check_hides_a_patch, check_mask_ratio
 from .decoder import Decoder
 from .encoder import Encoder
 from .layers import init_weights
@@ -61,6 +61,11 @@ class MAE(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be a floating-point tensor, got {images.dtype}: convert "
                              f"uint8 pixels with images.float() / 255 (and normalise).")
+        weights = self.encoder.patch_embed.proj.weight.dtype
+        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
+            raise ValueError(f"images are {images.dtype} but the model's weights are {weights}: "
+                             f"convert the batch with images.to({weights}) (or the model with "
+                             f"model.to({images.dtype})), or run under torch.autocast.")
         B, C, H, W = images.shape
         if C != c.in_chans:
             hint = " (channels-last? use images.permute(0, 3, 1, 2))" if W == c.in_chans else ""
@@ -91,6 +96,7 @@ class MAE(nn.Module):
         c = self.config
         ratio = c.mask_ratio if mask_ratio is None else mask_ratio
         check_mask_ratio(ratio, c.num_patches)
+        check_hides_a_patch(ratio, c.num_patches)
         latent, mask, ids_restore = self.encoder(images, ratio, noise, generator)
         pred = self.decoder(latent, ids_restore)  # (B, L, P)
         target = reconstruction_target(images, c.patch_size, c.norm_pix_loss)

@@ -106,6 +106,49 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that `write_bytes_atomic` (and checkpoint saving) leave behind
+    when a process is killed mid-write (``.<name>.tmp<pid>``, GBs for a large checkpoint), unless
+    their process still runs. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove it takes a file, before any work is spent on what
+    would be written there. Raises PermissionError-free: a `ValueError` subclass the CLI prints."""
+    from .config import ConfigError
+
+    folder = Path(folder)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{what} {folder} is a file, not a folder: choose another path.")
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to {what} {folder} ({e.strerror or e}): choose a "
+                          f"writable place.") from e
+    return folder
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """`write_bytes_atomic` of UTF-8 text."""
     return write_bytes_atomic(path, text.encode("utf-8"))

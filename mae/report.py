@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .ablate import Point, load_sweep, project_root, sweep_names, sweep_points
+from .ablate import Point, load_sweep, project_root, stale_keys, sweep_names, sweep_points
+from .config import ConfigError
 from .provenance import write_bytes_atomic, write_text_atomic
 
 
@@ -37,34 +38,45 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
     ``results/figures/<sweep>-<tier>.png``; deterministic, so a rerun gives identical bytes."""
     root = root or project_root()
     results = results or root / "results"
-    written = []
+    written, failed = [], []
     tiers = sorted(p.name for p in (results / "runs").iterdir() if p.is_dir()) \
         if (results / "runs").is_dir() else []
     for tier in tiers:
         runs = collect_runs(results, tier)
         for sweep in sweep_names(root):
-            spec = load_sweep(root, sweep)
+            try:
+                spec = load_sweep(root, sweep)
+            except ConfigError as e:  # one broken sweep file does not stop the others
+                log(f"{sweep}: skipped, {e}")
+                failed.append(sweep)
+                continue
             if tier not in spec["tiers"]:
                 continue
             for dataset in sorted({r.split("/")[2] for r in runs}):
-                rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results)
+                rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results, log)
                 if not any(r["seeds"] for r in rows):
                     continue
                 stem = f"{sweep}-{tier}" + ("" if dataset == "cifar10" else f"-{dataset}")
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
                 written.append(_write_figure(results, stem, spec, tier, dataset, rows))
                 log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
+    if failed:  # the others are written; say which were not
+        raise ConfigError(f"{len(written)} files written, but {', '.join(sorted(set(failed)))} "
+                          f"could not be read (see above): fix the file(s) and run report again.")
     return written
 
 
-def _sweep_rows(root, sweep, tier, dataset, runs, results):
+def _sweep_rows(root, sweep, tier, dataset, runs, results, log=print):
     rows, run_rows = [], []
     for point in sweep_points(root, sweep, tier, dataset, results=results):
         key = point.run_dir.relative_to(results).as_posix()
         if not any(r["label"] == point.label for r in rows):
             rows.append({"label": point.label, "value": point.value, "point": point.name,
                          "paper": point.paper, "runs": []})
-        if key in runs:
+        if key in runs and stale_keys(point, runs[key]):
+            log(f"{key}: left out, run with other configs than its tier now resolves to "
+                f"({'; '.join(stale_keys(point, runs[key])[:3])}); rerun it with --rerun-stale")
+        elif key in runs:
             next(r for r in rows if r["label"] == point.label)["runs"].append(runs[key])
             run_rows.append(_flatten(key, point, runs[key]))
     for row in rows:

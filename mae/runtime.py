@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -29,10 +33,21 @@ def pick_device(name: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    device = torch.device(name)
+    from .config import ConfigError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here: use "
-                           f"device=auto or cpu.")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here: use "
+                          f"device=auto or cpu.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} GPU(s): use cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}.")
     return device
 
 
@@ -89,3 +104,25 @@ def all_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
         dist.all_reduce(value)
         value /= info.world
     return value
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a training step touches (torch, Python, NumPy, CUDA), as
+    tensors and plain values that a weights_only checkpoint can hold."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import check_config, load_checkpoint, save_checkpoint
-from .config import ConfigError, MAEConfig
+from .checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
+from .config import ConfigError, MAEConfig, check_hides_a_patch
 from .recipe import TrainConfig
 from .augment import augment, crop_boxes, resize_batch
 from .data import ImageDataset, load_dataset
@@ -34,10 +33,12 @@ from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
 from .optim import lr_at, param_groups
-from .provenance import write_json_atomic, write_text_atomic
+from .provenance import (
+    check_writable, remove_stale_temporaries, write_json_atomic, write_text_atomic,
+)
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
-    fused_adamw, generator, init_distributed, seed_for,
+    fused_adamw, generator, init_distributed, rng_state, seed_for, set_rng_state,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -94,25 +95,6 @@ def draw_batch(
 
 
 # ----- checkpoint state -----------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                       float(gauss)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
     """history.csv and history.json, each written atomically."""
     if not history:
@@ -140,15 +122,28 @@ def pretrain(
     model_config: MAEConfig | Mapping[str, Any], train_config: TrainConfig | Mapping[str, Any],
     out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
     dataset: ImageDataset | None = None, data_root: str | None = None, download: bool = False,
+    overwrite: bool = False, log=print,
 ) -> PretrainResult:
     """Pre-train an MAE; returns the model, a summary of the run and its loss history.
 
     With ``out_dir``, checkpoints (``checkpoint.pt``), the loss history and the summary
-    (``pretrain_metrics.json``) are written there, and ``resume=True`` continues from the
-    checkpoint if one exists.
+    (``pretrain_metrics.json``) are written there. A folder that already holds a run is refused
+    unless ``resume=True`` (continue it, with the same recipe and data) or ``overwrite=True``
+    (replace it); ``resume=True`` on a folder without a checkpoint starts a new run and says so.
     """
     mc = MAEConfig.from_dict(model_config)
     tc = TrainConfig.from_dict(train_config)
+    check_hides_a_patch(mc.mask_ratio, mc.num_patches)
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run in the "
+                          "folder, or replace it.")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # before any data is loaded or step is taken
+        check_writable(out, "run folder")
+        remove_stale_temporaries(out)
+        if (out / CHECKPOINT).is_file() and not (resume or overwrite):
+            raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to "
+                              f"continue it, --overwrite to replace it, or choose another --out.")
     info, device = init_distributed(tc.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -184,18 +179,24 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
 
-    out = Path(out_dir) if out_dir is not None else None
     start, history, wall_before = 0, [], 0.0
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / CHECKPOINT).is_file():
+    if out is not None and overwrite:
+        for name in (CHECKPOINT, "history.csv", "history.json", "pretrain_metrics.json"):
+            if info.main:
+                (out / name).unlink(missing_ok=True)
+    if out is not None and resume:
+        if not (out / CHECKPOINT).is_file():
+            if info.main:
+                log(f"no checkpoint in {out}: starting a new run there")
+        else:
             ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
                                    map_location=device, defaults={"model": MAEConfig().to_dict()})
             _check_resumable(ckpt["config"]["train"], configs["train"])
+            _check_same_data(ckpt.get("data"), data.fingerprint(), out / CHECKPOINT)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
     # Training predicts the hidden patches only: the same loss and gradients as model(images).
     net = HiddenPatchLoss(model)
@@ -209,8 +210,8 @@ def pretrain(
         if out is not None and info.main:
             save_checkpoint(out / CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
-                "history": history, "config": configs,
+                "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
+                "history": history, "config": configs, "data": data.fingerprint(),
                 "wall_time": wall_before + time.perf_counter() - t0,
             })
             write_history(out, history)
@@ -279,6 +280,17 @@ def pretrain(
         metrics["checkpoint"] = str(out / CHECKPOINT)
         write_json_atomic(out / "pretrain_metrics.json", metrics)
     return PretrainResult(model, metrics, history)
+
+
+def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
+    """A run continues on the data it started on (checkpoints from before this check carry no
+    fingerprint and are taken as they are)."""
+    if found and found.get("sha256") != now.get("sha256"):
+        raise CheckpointError(
+            f"{path} was trained on other data: checkpoint {found.get('sha256', '?')[:16]} "
+            f"({found.get('num_images', '?')} images) vs now {now.get('sha256', '?')[:16]} "
+            f"({now.get('num_images', '?')} images). Resume with the data it started on, or start "
+            f"a new run in another folder.")
 
 
 def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:

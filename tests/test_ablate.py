@@ -122,19 +122,72 @@ def test_killed_sweep_reruns_only_missing_points(tmp_path):
     assert all((p.run_dir / "metrics.json").is_file() for p in points)
 
 
-def test_bad_parameter_fails_its_point_only(tmp_path):
+def project_copy(tmp_path):
     root = tmp_path / "project"
     shutil.copytree(ROOT / "ablations", root / "ablations")
     (root / "notebooks").mkdir()
     shutil.copy(ROOT / "notebooks" / "ablation.ipynb", root / "notebooks")
+    return root
+
+
+def test_a_bad_parameter_is_refused_before_any_kernel_starts(tmp_path):
+    root = project_copy(tmp_path)
     (root / "ablations" / "broken.yaml").write_text(
         "name: broken\ntitle: Broken\npaper_source: none\nparameter: mask_ratio\n"
         "values: [0.5, 1.5, 0.9]\ntiers: [smoke]\n")
     run = ablate("broken", "--tier", "smoke", "--results", str(root / "results"), cwd=root)
-    assert run.returncode == 1
-    assert "1 failed" in run.stdout
-    runs = root / "results" / "runs" / "smoke" / "cifar10"
-    error = json.loads((runs / "mask_ratio=1.5" / "seed0" / "error.json").read_text())
-    assert "ConfigError" in error["error"] and "mask_ratio must be in [0, 1)" in error["error"]
-    assert (runs / "mask_ratio=0.5" / "seed0" / "metrics.json").is_file()
-    assert (runs / "mask_ratio=0.9" / "seed0" / "metrics.json").is_file()
+    assert run.returncode == 2
+    assert "mask_ratio must be in [0, 1)" in run.stderr and "1.5" in run.stderr
+    assert not (root / "results" / "runs").exists()  # no stray run folders
+
+
+def test_a_point_finished_with_other_settings_is_refused_by_name(tmp_path):
+    root = project_copy(tmp_path)
+    results = root / "results"
+    assert ablate("random_init", "--tier", "smoke", "--results", str(results),
+                  cwd=root).returncode == 0
+    tiers = root / "ablations" / "tiers.yaml"
+    tiers.write_text(tiers.read_text().replace("eval: {probe_epochs: 5,", "eval: {probe_epochs: 6,"))
+    again = ablate("random_init", "--tier", "smoke", "--results", str(results), cwd=root)
+    assert again.returncode == 2 and "running" not in again.stdout
+    assert "were run with other configs" in again.stderr
+    assert "eval.probe_epochs: run 5, now 6" in again.stderr and "--rerun-stale" in again.stderr
+    report = subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)],
+                            cwd=root, capture_output=True, text=True)
+    assert report.returncode == 0 and "left out, run with other configs" in report.stdout
+    rerun = ablate("random_init", "--tier", "smoke", "--results", str(results), "--rerun-stale",
+                   cwd=root)
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    runs = results / "runs" / "smoke" / "cifar10" / "random_init"
+    record = json.loads((runs / "seed0" / "metrics.json").read_text())
+    assert record["config"]["eval"]["probe_epochs"] == 6
+    assert [p.name[:12] for p in runs.iterdir() if p.name.startswith("stale-")] == ["stale-seed0-"]
+
+
+def test_a_point_another_process_runs_is_not_run_twice(tmp_path):
+    import fcntl
+
+    root = project_copy(tmp_path)
+    run_dir = root / "results" / "runs" / "smoke" / "cifar10" / "random_init" / "seed0"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the other ablate process holds it
+        run = ablate("random_init", "--tier", "smoke", "--results", str(root / "results"),
+                     cwd=root)
+    assert run.returncode == 0 and "running in another process, skipped" in run.stdout
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_malformed_sweep_file_is_named_and_does_not_stop_the_report(tmp_path):
+    root = project_copy(tmp_path)
+    (root / "ablations" / "listed.yaml").write_text("- 0.5\n- 0.9\n")
+    (root / "ablations" / "novalues.yaml").write_text("title: X\nparameter: mask_ratio\ntiers: [smoke]\n")
+    for name, message in (("listed", "must be a mapping"), ("novalues", "lacks its points")):
+        run = ablate(name, "--tier", "smoke", "--results", str(root / "results"), cwd=root)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    assert ablate("random_init", "--tier", "smoke", "--results", str(root / "results"),
+                  cwd=root).returncode == 0
+    report = subprocess.run([sys.executable, "-m", "mae", "report", "--results",
+                             str(root / "results")], cwd=root, capture_output=True, text=True)
+    assert report.returncode == 2 and "listed, novalues could not be read" in report.stderr
+    assert (root / "results" / "tables" / "random_init-smoke.md").is_file()

@@ -18,7 +18,15 @@ def test_round_trip_with_weights_only(tmp_path):
 def test_truncated_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt.pt", {"model": {"w": torch.randn(1000)}})
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match="truncated or corrupted.*resume from an earlier"):
+    with pytest.raises(CheckpointError, match=r"truncated or corrupted.*Restore it from a copy, or "
+                                              r"delete it and train again \(pretrain --overwrite\)"):
+        load_checkpoint(path)
+
+
+def test_a_text_file_is_not_called_a_pickle(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="is not a checkpoint: torch.save writes a zip"):
         load_checkpoint(path)
 
 
@@ -40,8 +48,9 @@ def test_other_config_is_refused_with_keys_named(tmp_path):
 
 
 def test_missing_and_foreign_files(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist: check the path") as error:
         load_checkpoint(tmp_path / "nope.pt")
+    assert "--resume" not in str(error.value)
     torch.save({"w": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not an mae checkpoint.*load_weights"):
         load_checkpoint(tmp_path / "plain.pt")

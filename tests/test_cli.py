@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 from conftest import SMALL, needs_cifar
-from mae.cli import build_parser, parse_overrides
+from mae.cli import build_parser
+from mae.commands import parse_overrides
 from mae.recipe import EvalConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

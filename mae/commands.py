@@ -1,0 +1,193 @@
+"""What each ``python -m mae`` command does (the parser and the error handling are `mae.cli`).
+
+Configs come from a named preset plus ``--set key=value`` overrides for the model, and one flag per
+training / evaluation field; all of them go through the same ``from_dict`` validation as the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, MAEConfig
+from .provenance import check_writable, write_text_atomic
+from .recipe import EvalConfig, TrainConfig
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["mask_ratio=0.5", "norm_pix_loss=false"]`` -> typed dict (YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set mask_ratio=0.5).")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-06" as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
+
+
+def collect(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=1, sort_keys=True, default=str)
+    print(text)
+    if path:
+        write_text_atomic(path, text + "\n")
+
+
+def datasets_for(args, train_config: dict[str, Any], img_size: int):
+    from .data import load_dataset
+
+    name = args.dataset or train_config.get("dataset", "cifar10")
+    size = None if name.startswith("cifar") else img_size
+    train = load_dataset(name, "train", args.data_root, size, args.download)
+    test = load_dataset(name, "test", args.data_root, size, args.download)
+    return train, test
+
+
+# ----- commands -------------------------------------------------------------------------------
+def cmd_pretrain(args) -> int:
+    from .train import pretrain
+
+    if args.config:  # a run's configs from a file ({"model": ..., "train": ...}), flags on top
+        from .ablate import load_yaml
+
+        if args.preset:
+            raise ConfigError("--preset and --config both name a model: give one of them.")
+        path = Path(args.config)
+        try:  # JSON as written by mae ablate; YAML 1.1 would read 1e-06 as a string
+            spec = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read --config {path}: {e}") from e
+        if not isinstance(spec, dict) or set(spec) != {"model", "train"}:
+            raise ConfigError(f"{args.config} must hold two sections, model and train.")
+        model_config = MAEConfig.from_dict(spec["model"]).replace(**parse_overrides(args.set))
+        train_config = TrainConfig.from_dict({**spec["train"], **collect(args, TrainConfig)})
+    else:
+        model_config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
+        train_config = TrainConfig.from_dict(collect(args, TrainConfig))
+    result = pretrain(model_config, train_config, args.out, resume=args.resume,
+                      progress=not args.no_progress, data_root=args.data_root,
+                      download=args.download, overwrite=args.overwrite,
+                      log=lambda line: print(line, file=sys.stderr))
+    write_json(None, result.metrics)  # pretrain wrote it to --out/pretrain_metrics.json
+    return 0
+
+
+def model_for(args):
+    """From --checkpoint, or the random initialisation of --preset / --set with --init-seed.
+    Checks first that the metrics file --out can be written, before minutes of evaluation."""
+    if args.out:
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a folder: name the JSON file to write.")
+        check_writable(Path(args.out).parent, "--out folder")
+    if args.checkpoint:
+        from .checkpoint import load_pretrained
+
+        if args.set or args.preset or args.init_seed is not None:
+            used = "--set" if args.set else "--preset" if args.preset else "--init-seed"
+            raise ConfigError(f"{used} cannot apply with --checkpoint: the model is the one the "
+                              f"checkpoint holds. Drop {used}, or drop --checkpoint to evaluate a "
+                              f"random initialisation.")
+        return load_pretrained(args.checkpoint)
+    from .train import init_model
+
+    config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
+    args.init_seed = 0 if args.init_seed is None else args.init_seed
+    return init_model(config, args.init_seed), {}
+
+
+def cmd_frozen(args) -> int:
+    from .evaluate import extract_features, knn_classify, linear_probe
+
+    model, configs = model_for(args)
+    ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    train, test = datasets_for(args, configs.get("train", {}), model.config.img_size)
+    tr = extract_features(model, train, ec.features, ec.batch_size,
+                          progress=not args.no_progress)
+    te = extract_features(model, test, ec.features, ec.batch_size, progress=not args.no_progress)
+    if args.command == "probe":
+        metrics = linear_probe(tr, te, train.num_classes, ec)
+    else:
+        metrics = knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature)
+    write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
+                          "model": model.config.to_dict(), "eval": ec.to_dict(),
+                          "data": train.fingerprint()})
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .evaluate import finetune
+
+    model, configs = model_for(args)
+    ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    config, state = model.config, model.encoder.state_dict()
+    train, test = datasets_for(args, configs.get("train", {}), config.img_size)
+    metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
+    write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
+                          "model": config.to_dict(), "eval": ec.to_dict(),
+                          "data": train.fingerprint()})
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    import torch
+
+    from .checkpoint import load_pretrained
+    from .visualize import dataset_images, plot_reconstructions, reconstruct
+
+    out = Path(args.out)
+    formats = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+    if out.suffix.lower() not in formats:
+        raise ConfigError(f"--out {out} names no image format: end it in one of "
+                          f"{', '.join(formats)} (e.g. {out.with_suffix('.png')}).")
+    if args.num < 1:
+        raise ConfigError(f"--num must be at least 1 (images to draw), got {args.num}.")
+    check_writable(out.parent, "--out folder")
+    model, configs = load_pretrained(args.checkpoint)
+    model.eval()
+    _, test = datasets_for(args, configs["train"], model.config.img_size)
+    images = dataset_images(test, args.num, args.seed)
+    rec = reconstruct(model, images, test.mean, test.std, args.mask_ratio,
+                      generator=torch.Generator().manual_seed(args.seed))
+    ratio = model.config.mask_ratio if args.mask_ratio is None else args.mask_ratio
+    fig = plot_reconstructions(rec, f"{Path(args.checkpoint).name}: {ratio:.0%} masked")
+    fig.savefig(out, dpi=120)
+    print(out)
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import project_root, run_sweep, sweep_names
+
+    root = project_root()
+    sweeps = sweep_names(root) if args.sweep == "all" else [args.sweep]
+    results = Path(args.results) if args.results else None
+    failed = 0
+    for sweep in sweeps:
+        failed += run_sweep(sweep, args.tier, args.dataset, args.seeds, results, root,
+                            log=lambda line: print(line, flush=True),
+                            rerun_stale=args.rerun_stale)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    paths = report(Path(args.results) if args.results else None)
+    print(f"wrote {len(paths)} files")
+    return 0

@@ -1,0 +1,120 @@
+"""What a dataset is here: `ImageDataset` (uint8 images held in memory, with a fingerprint for
+provenance), `DataError`, and where data and caches live: the data root is an argument or
+``$MAE_DATA``; decoded image folders are cached under ``$MAE_CACHE`` (default ``~/.cache/mae``).
+
+Small sets fit in memory (CIFAR-10: 150 MB of uint8), so a training step gathers a batch by
+indexing one tensor on the device and augments the whole batch at once (`mae.augment`): no
+worker processes, no per-sample Python. Loading by name is `mae.data.load_dataset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATA_ENV = "MAE_DATA"
+CACHE_ENV = "MAE_CACHE"
+DATASETS = ("cifar10", "cifar100", "imagenette", "folder:<path>")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+# Per-channel statistics on [0, 1] pixels (CIFAR-10 measured on its train set; ImageNet's are the
+# ones the MAE code uses for every ImageNet-derived set).
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """Data missing, corrupted or invalid; the message says where we looked and what to do."""
+
+
+@dataclass
+class ImageDataset:
+    """Images held in memory: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""
+    _fingerprint: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def img_size(self) -> int:
+        return self.images.shape[-1]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a run's provenance records: name, split, size, shape and a sha256 of the data."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(self.images.cpu().contiguous().numpy().tobytes())
+            digest.update(self.labels.cpu().to(torch.int64).numpy().tobytes())
+            self._fingerprint = dict(
+                name=self.name, split=self.split, num_images=len(self),
+                shape=list(self.images.shape[1:]), num_classes=self.num_classes,
+                sha256=digest.hexdigest()[:16], source=self.source,
+            )
+        return self._fingerprint
+
+    def check_size(self, img_size: int, use: str) -> None:
+        """One rule everywhere (training, evaluation, pictures): images are used at the model's
+        size, never silently resized. Raises DataError naming both sizes and the fix."""
+        if self.img_size != img_size:
+            raise DataError(
+                f"{self.name} {self.split} images are {self.img_size} px but the model takes "
+                f"{img_size} px, so {use} would have to resize them: use data at the model's size "
+                f"(image folders load at any size: img_size={img_size}), or a model built for "
+                f"{self.img_size}-px images.")
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same dataset with its tensors on ``device`` (a new object; this one is unchanged)."""
+        return dataclasses.replace(self, images=self.images.to(device),
+                                   labels=self.labels.to(device))
+
+    def subset(self, n: int) -> ImageDataset:
+        """The first n images (datasets are stored in a fixed order)."""
+        if not 0 < n <= len(self):
+            raise DataError(f"a subset of {n} images of {self.name} {self.split} cannot be taken: "
+                            f"it has {len(self)}; ask for 1 to {len(self)} (0 in a config means "
+                            f"all of them).")
+        return ImageDataset(self.name, f"{self.split}[:{n}]", self.images[:n], self.labels[:n],
+                            self.classes, self.mean, self.std, self.source)
+
+
+# ----- roots ----------------------------------------------------------------------------------
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root`` if given, else $MAE_DATA, else ``~/.cache/mae/data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path("~/.cache/mae/data").expanduser()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
+
+
+def missing_error(what: str, searched: list[Path], root: Path, hint: str = "") -> DataError:
+    where = ", ".join(str(p) for p in searched)
+    origin = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default data folder"
+    return DataError(
+        f"{what} not found: searched {where} (root {root}, from {origin}). Set {DATA_ENV} to the "
+        f"folder that holds it or pass root=... (--data-root), or pass download=True "
+        f"(--download) to fetch it where the network allows.{hint}"
+    )
