@@ -170,7 +170,7 @@ def test_data_of_another_size_is_refused_not_resized():
 
 # ----- 11. a user's mistake is one line, not a traceback ----------------------------------------
 @pytest.mark.parametrize("flags, message", [
-    (["--device=tpu"], "device 'tpu' is not supported"),
+    (["--device=tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
     (["--device=cuda"], "CUDA is not available here") if not torch.cuda.is_available() else
     (["--device=cuda:99"], "GPU(s)"),
     (["--base-lr=nan"], "base_lr must be a finite number"),
@@ -196,7 +196,7 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    run = run_cli("--debug", "pretrain", f"--out={tmp_path}", "--device=tpu")
+    run = run_cli("--debug", "pretrain", f"--out={tmp_path / 'run'}", "--device=tpu")
     assert run.returncode != 0 and "Traceback" in run.stderr
 
 
