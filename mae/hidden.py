@@ -14,7 +14,7 @@ loss ignores the visible patches, so pre-training can skip them. Three facts mak
   the hidden tail.
 
 It is built from each block's own submodules and adds no parameters; the loss and every gradient
-equal `MAE.forward`'s (tests/test_hidden.py). It pays 4-13 % of a train step on CPU
+equal `MAE.forward`'s (tests/test_hidden.py). It paid 4-13 % of a train step on CPU
 (`benchmarks/speedups.py`, "every prediction").
 """
 
