@@ -137,6 +137,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_tr
     good = load_checkpoint(tmp_path / "checkpoint.pt")
     poisoned = ImageDataset("poisoned", "train", torch.full((512, 3, 32, 32), float("nan")),
                             data.labels, data.classes, data.mean, data.std)
+    # The checkpoint is told the poisoned images are its own (resuming on other data is refused).
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt["data"] = poisoned.fingerprint()
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    good = load_checkpoint(tmp_path / "checkpoint.pt")
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 4 .*last good checkpoint"):
         pretrain(SMALL, TRAIN, tmp_path, resume=True, dataset=poisoned, progress=False)
     after = load_checkpoint(tmp_path / "checkpoint.pt")
