@@ -107,8 +107,7 @@ def model_for(args):
     from .train import init_model
 
     config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
-    args.init_seed = 0 if args.init_seed is None else args.init_seed
-    return init_model(config, args.init_seed), {}
+    return init_model(config, 0 if args.init_seed is None else args.init_seed), {}
 
 
 def cmd_frozen(args) -> int:

@@ -122,17 +122,18 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, as another user's
+        pass
     return True
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
     """Create ``folder`` if needed and prove it takes a file, before any work is spent on what
-    would be written there. Raises PermissionError-free: a `ValueError` subclass the CLI prints."""
+    would be written there. Raises `ConfigError` (which the CLI prints as one line), never a bare
+    OSError."""
     from .config import ConfigError
 
     folder = Path(folder)
