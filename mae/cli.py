@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from .commands import (
-    cmd_ablate, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
+    cmd_ablate, cmd_export, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
 )
 from .config import PRESETS, ConfigError
 from .recipe import EvalConfig, TrainConfig
@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a model config field, e.g. --set mask_ratio=0.5 (repeatable)")
 
     def init_flags(p):
-        p.add_argument("--checkpoint", help="pre-trained checkpoint.pt or its run folder; omit "
-                                            "for the random-init baseline of --preset / --set")
+        p.add_argument("--checkpoint", help="pre-trained checkpoint.pt, its run folder, or a "
+                                            "trained model's name (python -m mae export --list); "
+                                            "omit for the random-init baseline of --preset / --set")
         model_flags(p, default=None)
         p.add_argument("--init-seed", type=int, default=None,
                        help="seed of the random initialisation (that of pretrain --seed; "
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("visualize", help="draw reconstructions of test images to a PNG",
                        description="Draw original / masked / reconstruction for test images.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt, its run folder, or a trained model's name")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=6, help="number of images (default: 6)")
     p.add_argument("--mask-ratio", type=float, help="mask ratio (default: the model's)")
@@ -106,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default: the pre-training one)")
     data_flags(p)
     p.set_defaults(func=cmd_visualize)
+    p = sub.add_parser("export", help="a pre-training run's weights as a small file to share",
+                       description="Write the weights, configs and data fingerprint of a "
+                                   "pre-training run (no optimizer state) to --out, and its record "
+                                   "(pretrain_metrics.json, sha256) beside it as JSON. --list "
+                                   "names the trained models mae.pretrained.load knows.")
+    p.add_argument("run", nargs="?", help="the run folder (or its checkpoint.pt)")
+    p.add_argument("--out", help="the .pt file to write; its record goes to the same name .json")
+    p.add_argument("--list", action="store_true", help="list the registered trained models")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("ablate", help="run a sweep of ablation/*.yaml with papermill",
                        description="Execute notebooks/ablation.ipynb with papermill once per "
                                    "point and seed of a sweep. Finished points are skipped; a "

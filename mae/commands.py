@@ -97,13 +97,14 @@ def model_for(args):
         check_writable(Path(args.out).parent, "--out folder")
     if args.checkpoint:
         from .checkpoint import load_pretrained
+        from .pretrained import resolve
 
         if args.set or args.preset or args.init_seed is not None:
             used = "--set" if args.set else "--preset" if args.preset else "--init-seed"
             raise ConfigError(f"{used} cannot apply with --checkpoint: the model is the one the "
                               f"checkpoint holds. Drop {used}, or drop --checkpoint to evaluate a "
                               f"random initialisation.")
-        return load_pretrained(args.checkpoint)
+        return load_pretrained(resolve(args.checkpoint))
     from .train import init_model
 
     config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
@@ -147,6 +148,7 @@ def cmd_visualize(args) -> int:
     import torch
 
     from .checkpoint import load_pretrained
+    from .pretrained import resolve
     from .visualize import dataset_images, plot_reconstructions, reconstruct
 
     out = Path(args.out)
@@ -157,7 +159,7 @@ def cmd_visualize(args) -> int:
     if args.num < 1:
         raise ConfigError(f"--num must be at least 1 (images to draw), got {args.num}.")
     check_writable(out.parent, "--out folder")
-    model, configs = load_pretrained(args.checkpoint)
+    model, configs = load_pretrained(resolve(args.checkpoint))
     model.eval()
     _, test = datasets_for(args, configs["train"], model.config.img_size)
     images = dataset_images(test, args.num, args.seed)
@@ -167,6 +169,28 @@ def cmd_visualize(args) -> int:
     fig = plot_reconstructions(rec, f"{Path(args.checkpoint).name}: {ratio:.0%} masked")
     fig.savefig(out, dpi=120)
     print(out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import pretrained
+    from .provenance import write_json_atomic
+
+    if args.list:
+        for name in pretrained.names():
+            entry = pretrained.REGISTRY[name]
+            print(f"{name}: {entry.description} ({entry.file})")
+        return 0
+    if not args.run or not args.out:
+        raise ConfigError("export needs a run folder and --out FILE.pt (or --list).")
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise ConfigError(f"--out {out} should end in .pt (its record goes to "
+                          f"{out.with_suffix('.json').name}).")
+    check_writable(out.parent, "--out folder")
+    record = pretrained.export(args.run, out)
+    write_json_atomic(out.with_suffix(".json"), record)
+    print(f"{out}: {record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256']}")
     return 0
 
 

@@ -34,7 +34,8 @@ from .masking import sample_noise
 from .model import MAE
 from .optim import lr_at, param_groups
 from .provenance import (
-    check_writable, remove_stale_temporaries, write_json_atomic, write_text_atomic,
+    CpuClock, check_writable, provenance, remove_stale_temporaries, write_json_atomic,
+    write_text_atomic,
 )
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
@@ -179,7 +180,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
 
-    start, history, wall_before = 0, [], 0.0
+    start, history, wall_before, cpu_before = 0, [], 0.0, 0.0
     if out is not None and overwrite:
         for name in (CHECKPOINT, "history.csv", "history.json", "pretrain_metrics.json"):
             if info.main:
@@ -198,6 +199,7 @@ def pretrain(
             scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
+            cpu_before = ckpt.get("cpu_time", 0.0)  # absent before CPU time was recorded
     # Training predicts the hidden patches only: the same loss and gradients as model(images).
     net = HiddenPatchLoss(model)
     if info.world > 1:
@@ -213,6 +215,7 @@ def pretrain(
                 "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
                 "history": history, "config": configs, "data": data.fingerprint(),
                 "wall_time": wall_before + time.perf_counter() - t0,
+                "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"],
             })
             write_history(out, history)
 
@@ -220,7 +223,7 @@ def pretrain(
 
     bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
                disable=not (progress and info.main), dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), CpuClock()
     model.train()
     order, order_epoch = None, -1
     for step in range(start, stop):
@@ -267,13 +270,14 @@ def pretrain(
     bar.close()
     if stop > start or (out is not None and not (out / CHECKPOINT).is_file()):
         save(stop)
-    wall = wall_before + time.perf_counter() - t0
+    wall, spent = wall_before + time.perf_counter() - t0, clock.elapsed()
     done = history[-steps_per_epoch:] if history else []
     metrics = {
         "steps": stop, "total_steps": total, "epochs": stop / steps_per_epoch,
         "final_loss": float(np.mean([h["loss"] for h in done])) if done else float("nan"),
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
-        "device": str(device), "precision": str(amp or torch.float32),
+        "cpu_time_s": cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],
+        "config": configs, "provenance": provenance(str(device)), "device": str(device), "precision": str(amp or torch.float32),
         "world_size": info.world, "data": data.fingerprint(),
     }
     if out is not None and info.main:

@@ -1,0 +1,149 @@
+"""Trained models a reader can load by name: ``model, configs = mae.pretrained.load("micro-cifar10")``.
+
+Each is a small weights-only checkpoint trained in this repository with its own CLI (``python -m
+mae pretrain``, then ``python -m mae export``); its record (command, commit, data fingerprint,
+epochs, wall and CPU time) lies beside it in ``checkpoints/<name>.json``. In a checkout the file
+is used where it lies; where `mae` is installed without one (pip, Colab) it is downloaded once from
+the repository into ``$MAE_CACHE`` (default ``~/.cache/mae``). Either way its sha256 must equal the
+one registered below, so a changed or truncated file is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
+
+BASE_URL = "https://github.com/mae-book/mae-book/raw/main/checkpoints/"
+"""Where the files are downloaded from; ``$MAE_CHECKPOINT_URL`` replaces it (a mirror, a test)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    file: str
+    sha256: str
+    description: str
+
+
+REGISTRY: dict[str, Entry] = {e.name: e for e in (
+)}
+
+
+def names() -> list[str]:
+    """The registered names."""
+    return sorted(REGISTRY)
+
+
+def lookup(name: str) -> Entry:
+    if name not in REGISTRY:
+        known = ", ".join(names()) or "none"
+        raise CheckpointError(f"no trained model is named {name!r}; the names are: {known} (or "
+                              f"pass the path of a checkpoint.pt or its run folder).")
+    return REGISTRY[name]
+
+
+def checkout_dir() -> Path:
+    """``checkpoints/`` of the checkout this package was imported from (it may not exist)."""
+    return Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MAE_CACHE") or Path.home() / ".cache" / "mae")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path(name: str, download: bool = True) -> Path:
+    """The verified local file of a registered model: the checkout's, else the cached download,
+    else (``download=True``) a fresh download into the cache."""
+    entry = lookup(name)
+    local = checkout_dir() / entry.file
+    if local.is_file():
+        found = sha256(local)
+        if found != entry.sha256:
+            raise CheckpointError(
+                f"{local} has sha256 {found[:16]}..., not the registered {entry.sha256[:16]}...: "
+                f"the file was changed. Restore it (git checkout -- {local.name}).")
+        return local
+    cached = cache_dir() / entry.file
+    if cached.is_file():
+        if sha256(cached) == entry.sha256:
+            return cached
+        cached.unlink()  # a stale or damaged download: fetch it again
+    if not download:
+        raise CheckpointError(f"{name} is neither in {local.parent} nor cached in "
+                              f"{cached.parent}; allow the download or set MAE_CACHE.")
+    return _download(entry, cached)
+
+
+def _download(entry: Entry, target: Path) -> Path:
+    url = os.environ.get("MAE_CHECKPOINT_URL", BASE_URL).rstrip("/") + "/" + entry.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise CheckpointError(f"cannot download {entry.name} from {url} ({reason}): check the "
+                              f"network, or copy {entry.file} into {target.parent}.") from e
+    found = sha256(tmp)
+    if found != entry.sha256:
+        tmp.unlink()
+        raise CheckpointError(f"the download of {entry.name} from {url} has sha256 "
+                              f"{found[:16]}..., not the registered {entry.sha256[:16]}...; it "
+                              f"was not kept. Try again, or check MAE_CHECKPOINT_URL.")
+    os.replace(tmp, target)
+    return target
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """What ``--checkpoint`` names: an existing path as it is, else a registered model's file."""
+    if Path(source).exists() or str(source) not in REGISTRY:
+        return Path(source)
+    return path(str(source))
+
+
+def load(name: str, map_location: str = "cpu", download: bool = True):
+    """``(model, configs)`` of a registered model, as `mae.checkpoint.load_pretrained` gives them
+    for a run folder."""
+    return load_pretrained(path(name, download), map_location)
+
+
+def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
+    no optimizer state, a third of the size) to ``out``, and return its record: the run's
+    ``pretrain_metrics.json`` plus the file's size and sha256."""
+    import json
+
+    run = Path(run)
+    ckpt_path = run / "checkpoint.pt" if run.is_dir() else run
+    ckpt = load_checkpoint(ckpt_path)
+    if "optimizer" not in ckpt or "step" not in ckpt:
+        raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "
+                              f"or step): export the checkpoint.pt that pretrain wrote.")
+    out = Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out} exists: remove it first, or choose another --out.")
+    save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
+                          "data": ckpt.get("data"), "step": ckpt["step"]})
+    metrics_file = ckpt_path.parent / "pretrain_metrics.json"
+    pretrain = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    return {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
+            "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
+            "pretrain": pretrain}

@@ -1,0 +1,124 @@
+"""Trained models by name: export, the committed files, the download path (a local HTTP server)."""
+
+import functools
+import http.server
+import json
+import threading
+
+import pytest
+import torch
+
+from conftest import SMALL, needs_cifar
+from mae import pretrained
+from mae.checkpoint import CheckpointError, load_checkpoint
+from mae.data import ImageDataset
+from mae.train import pretrain
+
+TRAIN = dict(dataset="synthetic", epochs=1.0, batch_size=32, warmup_epochs=0.0,
+             checkpoint_every=0, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 2-step run on random images, exported; returns (folder, record)."""
+    root = tmp_path_factory.mktemp("exported")
+    g = torch.Generator().manual_seed(0)
+    data = ImageDataset("synthetic", "train", torch.randint(0, 256, (64, 3, 32, 32), generator=g,
+                                                            dtype=torch.uint8),
+                        torch.arange(64) % 2, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
+    pretrain(SMALL, TRAIN, root / "run", dataset=data, progress=False)
+    record = pretrained.export(root / "run", root / "files" / "tiny.pt")
+    return root, record
+
+
+def test_export_keeps_weights_and_record_drops_optimizer(exported):
+    root, record = exported
+    ckpt = load_checkpoint(root / "files" / "tiny.pt")
+    run = load_checkpoint(root / "run" / "checkpoint.pt")
+    assert "optimizer" not in ckpt and set(ckpt["model"]) == set(run["model"])
+    assert all(torch.equal(ckpt["model"][k], run["model"][k]) for k in run["model"])
+    assert record["sha256"] == pretrained.sha256(root / "files" / "tiny.pt")
+    assert record["step"] == 2 and record["pretrain"]["steps"] == 2
+    assert record["pretrain"]["cpu_time_s"] > 0 and "git_commit" in record["pretrain"]["provenance"]
+    assert record["bytes"] < (root / "run" / "checkpoint.pt").stat().st_size / 2
+    with pytest.raises(CheckpointError, match="exists"):
+        pretrained.export(root / "run", root / "files" / "tiny.pt")
+    with pytest.raises(CheckpointError, match="not a pre-training checkpoint"):
+        pretrained.export(root / "files" / "tiny.pt", root / "files" / "again.pt")
+
+
+@pytest.fixture
+def served(exported, tmp_path, monkeypatch):
+    """The exported file registered as 'tiny', served on 127.0.0.1, no checkout copy, empty cache."""
+    root, record = exported
+    handler = functools.partial(QuietHandler, directory=str(root / "files"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(pretrained.REGISTRY, "tiny",
+                        pretrained.Entry("tiny", "tiny.pt", record["sha256"], "test model"))
+    monkeypatch.setattr(pretrained, "checkout_dir", lambda: tmp_path / "no-checkout")
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAE_CHECKPOINT_URL", f"http://127.0.0.1:{server.server_port}/")
+    yield server, tmp_path / "cache"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_download_checks_sha256_and_caches(served, monkeypatch):
+    server, cache = served
+    model, configs = pretrained.load("tiny")
+    assert (cache / "tiny.pt").is_file() and configs["model"]["encoder_dim"] == SMALL["encoder_dim"]
+    server.shutdown()  # the cached file is used from now on
+    assert pretrained.path("tiny") == cache / "tiny.pt"
+    (cache / "tiny.pt").write_bytes(b"damaged")  # a damaged cache is dropped, then refetched
+    with pytest.raises(CheckpointError, match="cannot download tiny"):
+        pretrained.path("tiny")
+    assert not (cache / "tiny.pt").exists()
+
+
+def test_a_download_with_another_sha256_is_not_kept(served, monkeypatch):
+    _, cache = served
+    monkeypatch.setitem(pretrained.REGISTRY, "tiny",
+                        pretrained.Entry("tiny", "tiny.pt", "0" * 64, "test model"))
+    with pytest.raises(CheckpointError, match="not the registered"):
+        pretrained.path("tiny")
+    assert not list(cache.glob("*tiny*"))
+
+
+def test_unknown_name_and_no_download(served):
+    with pytest.raises(CheckpointError, match="no trained model is named 'tinny'"):
+        pretrained.path("tinny")
+    with pytest.raises(CheckpointError, match="allow the download"):
+        pretrained.path("tiny", download=False)
+
+
+@needs_cifar
+def test_cli_checkpoint_takes_a_name(served, tmp_path, capsys):
+    from mae.cli import main
+
+    out = tmp_path / "rec.png"
+    assert main(["visualize", "--checkpoint", "tiny", "--dataset", "cifar10", "--num", "2",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["export", "--list"]) == 0
+    assert "tiny: test model (tiny.pt)" in capsys.readouterr().out
+    assert main(["visualize", "--checkpoint", "tinny", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_committed_checkpoints_match_the_registry():
+    for name in pretrained.names():
+        entry = pretrained.REGISTRY[name]
+        file = pretrained.checkout_dir() / entry.file
+        assert file.is_file(), f"{file} is registered but not committed"
+        assert pretrained.sha256(file) == entry.sha256, name
+        record = json.loads(file.with_suffix(".json").read_text())
+        assert record["sha256"] == entry.sha256 and record["pretrain"]["provenance"]["git_dirty"] \
+            is False
+        model, configs = pretrained.load(name)
+        assert configs["model"] == model.config.to_dict()
