@@ -60,10 +60,18 @@ def versions() -> dict[str, str]:
 
 
 def provenance(device: str = "cpu") -> dict[str, Any]:
-    return {
+    """Commit, time, device and versions; and the command line, when run as ``python -m mae``."""
+    import shlex
+    import sys
+
+    out = {
         **git_state(), "utc_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": device, "device_name": device_name(device), "versions": versions(),
     }
+    if sys.argv and Path(sys.argv[0]).name == "__main__.py" and Path(sys.argv[0]).parent.name \
+            == "mae":
+        out["command"] = "python -m mae " + shlex.join(sys.argv[1:])
+    return out
 
 
 class CpuClock:
