@@ -17,7 +17,8 @@ import torch
 
 from .config import unknown_key_error
 from .dataset import (
-    CIFAR_MEAN, CIFAR_STD, DATASETS, DataError, ImageDataset, cache_dir, data_root, missing_error,
+    CIFAR_MEAN, CIFAR_STD, DATASETS, DataError, ImageDataset, cache_dir, data_root, download_with,
+    missing_error,
 )
 from .imagefolder import find_imagenette, load_image_folder
 
@@ -58,7 +59,7 @@ def _load_cifar(name: str, split: str, root: Path, download: bool) -> ImageDatas
             import torchvision  # deferred: only needed to download
 
             cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-            cls(str(root), train=True, download=True)
+            download_with(name, root, lambda: cls(str(root), train=True, download=True))
         else:
             raise missing_error(f"{name} ({spec['folder']}/)", [folder], root)
     files = spec["train"] if split == "train" else spec["test"]

@@ -110,6 +110,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
 
 
+def download_with(what: str, root: Path, fetch) -> None:
+    """Run ``fetch()`` (a torchvision download); a network failure becomes a `DataError` that says
+    what could not be fetched and how to get it another way."""
+    import urllib.error
+
+    try:
+        fetch()
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"cannot download {what} into {root} ({reason}): check the network (or "
+                        f"the proxy settings), or copy the dataset there by hand and drop "
+                        f"--download.") from e
+
+
 def missing_error(what: str, searched: list[Path], root: Path, hint: str = "") -> DataError:
     where = ", ".join(str(p) for p in searched)
     origin = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default data folder"

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .dataset import (
-    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, cache_dir, missing_error,
+    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, cache_dir, download_with,
+    missing_error,
 )
 
 
@@ -144,6 +145,7 @@ def find_imagenette(root: Path, download: bool) -> Path:
     if download:
         import torchvision
 
-        torchvision.datasets.Imagenette(str(root), split="train", size="160px", download=True)
+        download_with("imagenette", root, lambda: torchvision.datasets.Imagenette(
+            str(root), split="train", size="160px", download=True))
         return root / "imagenette2-160"
     raise missing_error("imagenette", candidates, root)

@@ -185,6 +185,18 @@ def test_cli_mistakes_end_in_one_line(tmp_path, flags, message):
     assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenette"])
+def test_download_without_a_network_is_one_line_naming_the_fix(tmp_path, dataset):
+    """--download where nothing can be reached (a proxy on a closed port stands in for no network)."""
+    closed = "http://127.0.0.1:9"
+    run = run_cli("knn", f"--dataset={dataset}", f"--data-root={tmp_path}", "--download",
+                  env={**os.environ, "http_proxy": closed, "https_proxy": closed,
+                       "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "no_proxy": ""})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert f"cannot download {dataset} into {tmp_path}" in run.stderr
+    assert "copy the dataset there by hand" in run.stderr
+
+
 def test_an_output_that_cannot_be_written_fails_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
