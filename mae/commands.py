@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, MAEConfig
-from .provenance import check_writable, write_text_atomic
+from .provenance import CpuClock, check_writable, provenance, write_text_atomic
 from .recipe import EvalConfig, TrainConfig
 
 
@@ -116,6 +116,7 @@ def cmd_frozen(args) -> int:
 
     model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), model.config.img_size)
     tr = extract_features(model, train, ec.features, ec.batch_size,
                           progress=not args.no_progress)
@@ -126,7 +127,8 @@ def cmd_frozen(args) -> int:
         metrics = knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": model.config.to_dict(), "eval": ec.to_dict(),
-                          "data": train.fingerprint()})
+                          "data": train.fingerprint(), "time": clock.elapsed(),
+                          "provenance": provenance()})
     return 0
 
 
@@ -136,11 +138,13 @@ def cmd_finetune(args) -> int:
     model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
     config, state = model.config, model.encoder.state_dict()
+    clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), config.img_size)
     metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": config.to_dict(), "eval": ec.to_dict(),
-                          "data": train.fingerprint()})
+                          "data": train.fingerprint(), "time": clock.elapsed(),
+                          "provenance": provenance()})
     return 0
 
 

@@ -11,6 +11,7 @@ one registered below, so a changed or truncated file is never loaded.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import urllib.error
@@ -119,6 +120,22 @@ def resolve(source: str | os.PathLike) -> Path:
     return path(str(source))
 
 
+def epoch_means(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The per-step loss history reduced to one mean per epoch (what a loss curve of a long run
+    needs, a hundredth of the size)."""
+    by_epoch: dict[int, list[float]] = {}
+    for h in history:
+        by_epoch.setdefault(math.ceil(h["epoch"] - 1e-9), []).append(h["loss"])
+    return [{"epoch": e, "loss": sum(v) / len(v)} for e, v in sorted(by_epoch.items())]
+
+
+def info(name: str, download: bool = True) -> dict[str, Any]:
+    """How a registered model was made: its run's ``pretrain_metrics.json`` (command, commit,
+    configs, data, wall and CPU time) and its per-epoch loss (``epoch_loss``)."""
+    ckpt = load_checkpoint(path(name, download))
+    return {**(ckpt.get("pretrain") or {}), "epoch_loss": ckpt.get("epoch_loss", [])}
+
+
 def load(name: str, map_location: str = "cpu", download: bool = True):
     """``(model, configs)`` of a registered model, as `mae.checkpoint.load_pretrained` gives them
     for a run folder."""
@@ -140,10 +157,11 @@ def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out} exists: remove it first, or choose another --out.")
-    save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
-                          "data": ckpt.get("data"), "step": ckpt["step"]})
     metrics_file = ckpt_path.parent / "pretrain_metrics.json"
     pretrain = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
+                          "data": ckpt.get("data"), "step": ckpt["step"],
+                          "pretrain": pretrain, "epoch_loss": epoch_means(ckpt["history"])})
     return {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
             "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
             "pretrain": pretrain}

@@ -88,3 +88,27 @@ def dataset_images(data: ImageDataset, count: int, seed: int = 0) -> torch.Tenso
     """A reproducible sample of ``count`` images (uint8)."""
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
     return data.images[idx]
+
+
+def plot_grid(rows: dict[str, torch.Tensor], title: str = "", size: float = 1.3):
+    """One labelled row per entry of ``rows`` (each (B, C, H, W) in [0, 1]): a compact way to
+    put the same images side by side, e.g. originals, masked, and several models' reconstructions."""
+    import matplotlib.pyplot as plt
+
+    n = max(imgs.shape[0] for imgs in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(size * n + 1.6, size * len(rows) + 0.3),
+                             squeeze=False)
+    for i, (label, imgs) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < imgs.shape[0]:
+                ax.imshow(imgs[j].permute(1, 2, 0).numpy())
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

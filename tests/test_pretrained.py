@@ -41,6 +41,10 @@ def test_export_keeps_weights_and_record_drops_optimizer(exported):
     assert record["step"] == 2 and record["pretrain"]["steps"] == 2
     assert record["pretrain"]["cpu_time_s"] > 0 and "git_commit" in record["pretrain"]["provenance"]
     assert record["bytes"] < (root / "run" / "checkpoint.pt").stat().st_size / 2
+    assert ckpt["pretrain"] == record["pretrain"]
+    assert [e["epoch"] for e in ckpt["epoch_loss"]] == [1]
+    assert ckpt["epoch_loss"][0]["loss"] == pytest.approx(
+        sum(h["loss"] for h in run["history"]) / 2)
     with pytest.raises(CheckpointError, match="exists"):
         pretrained.export(root / "run", root / "files" / "tiny.pt")
     with pytest.raises(CheckpointError, match="not a pre-training checkpoint"):
@@ -72,6 +76,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_download_checks_sha256_and_caches(served, monkeypatch):
     server, cache = served
     model, configs = pretrained.load("tiny")
+    assert pretrained.info("tiny")["steps"] == 2
     assert (cache / "tiny.pt").is_file() and configs["model"]["encoder_dim"] == SMALL["encoder_dim"]
     server.shutdown()  # the cached file is used from now on
     assert pretrained.path("tiny") == cache / "tiny.pt"

@@ -33,3 +33,12 @@ def test_plot_has_a_row_per_image():
                       generator=torch.Generator().manual_seed(0))
     fig = plot_reconstructions(rec, "test")
     assert len(fig.axes) == 12
+
+
+def test_plot_grid_has_a_labelled_row_per_entry():
+    from mae.visualize import plot_grid
+
+    rows = {"original": torch.rand(3, 3, 8, 8), "fewer": torch.rand(2, 3, 8, 8)}
+    fig = plot_grid(rows, "t")
+    assert len(fig.axes) == 6 and fig.axes[0].get_ylabel() == "original"
+    assert fig.axes[3].get_ylabel() == "fewer" and not fig.axes[5].axison
