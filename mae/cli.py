@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field, e.g. --set mask_ratio=0.5 (repeatable)")
 
+    def subset_flags(p):
+        p.add_argument("--train-subset", type=int, default=0, metavar="N",
+                       help="evaluate with the first N training images only (default 0: all)")
+        p.add_argument("--test-subset", type=int, default=0, metavar="N",
+                       help="score on the first N test images only (default 0: all)")
+
     def init_flags(p):
         p.add_argument("--checkpoint", help="pre-trained checkpoint.pt, its run folder, or a "
                                             "trained model's name (python -m mae export --list); "
@@ -77,10 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("probe", "linear probe (BatchNorm without affine + linear) on frozen "
                                  "features"),
-                       ("knn", "weighted kNN classifier on frozen features")):
+                       ("knn", "weighted kNN classifier on frozen features"),
+                       ("frozen", "linear probe and kNN on the same frozen features (extracted "
+                                  "once)")):
         p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
         init_flags(p)
         p.add_argument("--dataset", help="dataset (default: the one it was pre-trained on)")
+        subset_flags(p)
         add_dataclass_flags(p, EvalConfig, "evaluation")
         p.add_argument("--out", help="also write the metrics JSON here")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the encoder end to end and report test top-1.")
     init_flags(p)
     p.add_argument("--dataset", help="dataset (default: the pre-training one, or cifar10)")
+    subset_flags(p)
     add_dataclass_flags(p, EvalConfig, "evaluation")
     p.add_argument("--out", help="also write the metrics JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -56,6 +56,14 @@ def datasets_for(args, train_config: dict[str, Any], img_size: int):
     size = None if name.startswith("cifar") else img_size
     train = load_dataset(name, "train", args.data_root, size, args.download)
     test = load_dataset(name, "test", args.data_root, size, args.download)
+    for flag, n in (("--train-subset", getattr(args, "train_subset", 0)),
+                    ("--test-subset", getattr(args, "test_subset", 0))):
+        if n < 0:
+            raise ConfigError(f"{flag} must be 0 (all images) or a positive count, got {n}.")
+    if getattr(args, "train_subset", 0):
+        train = train.subset(args.train_subset)
+    if getattr(args, "test_subset", 0):
+        test = test.subset(args.test_subset)
     return train, test
 
 
@@ -121,10 +129,11 @@ def cmd_frozen(args) -> int:
     tr = extract_features(model, train, ec.features, ec.batch_size,
                           progress=not args.no_progress)
     te = extract_features(model, test, ec.features, ec.batch_size, progress=not args.no_progress)
-    if args.command == "probe":
-        metrics = linear_probe(tr, te, train.num_classes, ec)
-    else:
-        metrics = knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature)
+    metrics = {}
+    if args.command in ("probe", "frozen"):
+        metrics.update(linear_probe(tr, te, train.num_classes, ec))
+    if args.command in ("knn", "frozen"):
+        metrics.update(knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature))
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": model.config.to_dict(), "eval": ec.to_dict(),
                           "data": train.fingerprint(), "time": clock.elapsed(),

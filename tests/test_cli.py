@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ def run(*args):
 def test_help_lists_every_option():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
-    assert set(sub) == {"pretrain", "probe", "knn", "finetune", "visualize", "ablate", "report"}
+    assert set(sub) == {"pretrain", "probe", "knn", "frozen", "finetune", "visualize",
+                        "export", "ablate", "report"}
     pretrain_help = sub["pretrain"].format_help()
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in pretrain_help, f.name
@@ -56,3 +58,18 @@ def test_pretrain_then_visualize(tmp_path):
     result = run("visualize", f"--checkpoint={tmp_path / 'run'}", f"--out={out}", "--num=2")
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_cifar
+def test_frozen_scores_probe_and_knn_on_one_extraction_of_subsets(tmp_path):
+    flags = [f"--set={k}={v}" for k, v in SMALL.items()]
+    out = tmp_path / "frozen.json"
+    result = run("frozen", *flags, "--init-seed=3", "--train-subset=600", "--test-subset=200",
+                 "--probe-epochs=2", "--no-progress", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert {"probe_top1", "knn_top1"} <= set(metrics) and metrics["checkpoint"] == "random-init"
+    assert metrics["data"]["split"] == "train[:600]" and metrics["data"]["num_images"] == 600
+    assert metrics["time"]["cpu_time_s"] > 0 and "git_commit" in metrics["provenance"]
+    bad = run("frozen", *flags, "--test-subset=-1")
+    assert bad.returncode == 2 and "--test-subset must be 0" in bad.stderr
