@@ -119,6 +119,22 @@ def model_for(args):
     return init_model(config, 0 if args.init_seed is None else args.init_seed), {}
 
 
+def trained_for(args) -> dict[str, Any]:
+    """How far the evaluated model was pre-trained: steps and epochs (0 for a random init)."""
+    if not args.checkpoint:
+        return {"pretrain_steps": 0, "pretrain_epochs": 0.0}
+    from .checkpoint import load_checkpoint
+    from .pretrained import resolve
+
+    path = resolve(args.checkpoint)
+    ckpt = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
+    images = (ckpt.get("data") or {}).get("num_images")
+    batch = ckpt.get("config", {}).get("train", {}).get("batch_size")
+    per_epoch = images // batch if images and batch else 0
+    return {"pretrain_steps": ckpt.get("step"),
+            "pretrain_epochs": round(ckpt["step"] / per_epoch, 3) if per_epoch else None}
+
+
 def cmd_frozen(args) -> int:
     from .evaluate import extract_features, knn_classify, linear_probe
 
@@ -136,8 +152,8 @@ def cmd_frozen(args) -> int:
         metrics.update(knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature))
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": model.config.to_dict(), "eval": ec.to_dict(),
-                          "data": train.fingerprint(), "time": clock.elapsed(),
-                          "provenance": provenance()})
+                          "data": train.fingerprint(), **trained_for(args),
+                          "time": clock.elapsed(), "provenance": provenance()})
     return 0
 
 
@@ -152,8 +168,8 @@ def cmd_finetune(args) -> int:
     metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": config.to_dict(), "eval": ec.to_dict(),
-                          "data": train.fingerprint(), "time": clock.elapsed(),
-                          "provenance": provenance()})
+                          "data": train.fingerprint(), **trained_for(args),
+                          "time": clock.elapsed(), "provenance": provenance()})
     return 0
 
 

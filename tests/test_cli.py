@@ -71,5 +71,6 @@ def test_frozen_scores_probe_and_knn_on_one_extraction_of_subsets(tmp_path):
     assert {"probe_top1", "knn_top1"} <= set(metrics) and metrics["checkpoint"] == "random-init"
     assert metrics["data"]["split"] == "train[:600]" and metrics["data"]["num_images"] == 600
     assert metrics["time"]["cpu_time_s"] > 0 and "git_commit" in metrics["provenance"]
+    assert metrics["pretrain_steps"] == 0
     bad = run("frozen", *flags, "--test-subset=-1")
     assert bad.returncode == 2 and "--test-subset must be 0" in bad.stderr

@@ -110,6 +110,10 @@ def test_cli_checkpoint_takes_a_name(served, tmp_path, capsys):
     assert main(["visualize", "--checkpoint", "tiny", "--dataset", "cifar10", "--num", "2",
                  "--out", str(out)]) == 0
     assert out.is_file()
+    scores = tmp_path / "knn.json"
+    assert main(["knn", "--checkpoint", "tiny", "--dataset", "cifar10", "--train-subset", "300",
+                 "--test-subset", "100", "--no-progress", "--out", str(scores)]) == 0
+    assert json.loads(scores.read_text())["pretrain_steps"] == 2
     assert main(["export", "--list"]) == 0
     assert "tiny: test model (tiny.pt)" in capsys.readouterr().out
     assert main(["visualize", "--checkpoint", "tinny", "--out", str(out)]) == 2
