@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,14 @@ def path(name: str, download: bool = True) -> Path:
 
 def _download(entry: Entry, target: Path) -> Path:
     url = os.environ.get("MAE_CHECKPOINT_URL", BASE_URL).rstrip("/") + "/" + entry.file
+    return download(url, target, entry.sha256, entry.name,
+                    f"check the network or MAE_CHECKPOINT_URL, or copy {entry.file} into "
+                    f"{target.parent}")
+
+
+def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Path:
+    """Fetch ``url`` into ``target`` through a temporary file (never half a file under the real
+    name); with ``sha``, a download whose sha256 differs is deleted and refused."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
@@ -101,16 +110,45 @@ def _download(entry: Entry, target: Path) -> Path:
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
-        raise CheckpointError(f"cannot download {entry.name} from {url} ({reason}): check the "
-                              f"network, or copy {entry.file} into {target.parent}.") from e
+        raise CheckpointError(f"cannot download {what} from {url} ({reason}): {fix}.") from e
     found = sha256(tmp)
-    if found != entry.sha256:
+    if sha is not None and found != sha:
         tmp.unlink()
-        raise CheckpointError(f"the download of {entry.name} from {url} has sha256 "
-                              f"{found[:16]}..., not the registered {entry.sha256[:16]}...; it "
-                              f"was not kept. Try again, or check MAE_CHECKPOINT_URL.")
+        raise CheckpointError(f"the download of {what} from {url} has sha256 {found[:16]}..., "
+                              f"not the registered {sha[:16]}...; it was not kept. Try again, "
+                              f"or {fix}.")
     os.replace(tmp, target)
     return target
+
+
+def load_official(source: str, preset: str = "large", **overrides: Any):
+    """An MAE with the weights of an official facebookresearch/mae checkpoint: ``source`` is its
+    URL (downloaded once into ``$MAE_CACHE``) or a local ``.pth`` file; ``preset`` and
+    ``overrides`` must describe the checkpoint's model (e.g. ``norm_pix_loss=False`` for the
+    "visualize" checkpoints). Returns the model in eval mode."""
+    import torch
+
+    from .config import MAEConfig
+    from .convert import load_weights
+    from .model import MAE
+
+    model = MAE(MAEConfig.preset(preset, **overrides))  # a config error before any download
+    local = Path(source)
+    if "://" in source:
+        local = cache_dir() / "official" / Path(urllib.parse.urlparse(source).path).name
+        if not local.is_file():
+            download(source, local, None, "the official checkpoint",
+                     "check the URL and the network, or download it by hand and pass its path")
+    if not local.is_file():
+        raise CheckpointError(f"{local} does not exist: pass the .pth file you downloaded, or "
+                              f"its URL.")
+    try:
+        state = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, or not a torch file at all
+        raise CheckpointError(f"{local} cannot be read as a torch checkpoint "
+                              f"({type(e).__name__}); delete it and download it again.") from e
+    load_weights(model, state, "official")
+    return model.eval()
 
 
 def resolve(source: str | os.PathLike) -> Path:

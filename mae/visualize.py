@@ -112,3 +112,41 @@ def plot_grid(rows: dict[str, torch.Tensor], title: str = "", size: float = 1.3)
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def reconstruct_sampled(model: MAE, images: torch.Tensor, mean, std, mask_ratio: float,
+                        sampling: str = "random", seed: int = 0) -> Reconstruction:
+    """`reconstruct` with a mask drawn by one of the samplings of Table 1f ("random", "block",
+    "grid"), reproducible from ``seed``, whatever sampling the model was trained with."""
+    from .masking import sample_noise
+
+    g = torch.Generator().manual_seed(seed)
+    noise = sample_noise(sampling, images.shape[0], model.config.grid_size, mask_ratio,
+                         generator=g)
+    return reconstruct(model, images, mean, std, mask_ratio, noise=noise)
+
+
+def explorer(model: MAE, images: torch.Tensor, mean, std):
+    """An interactive view for Jupyter / Colab / Binder (ipywidgets): choose an image, the mask
+    ratio, the sampling and the seed, and see the masked image and the reconstruction. Needs a
+    live kernel; in a static page it shows nothing."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from .config import MASK_SAMPLINGS, ConfigError
+
+    def show(image: int, mask_ratio: float, sampling: str, seed: int) -> None:
+        try:
+            rec = reconstruct_sampled(model, images[image:image + 1], mean, std, mask_ratio,
+                                      sampling, seed)
+        except (ConfigError, ValueError) as e:  # e.g. a ratio grid sampling cannot make
+            print(f"{e}")
+            return
+        plot_reconstructions(rec, f"{mask_ratio:.0%} hidden, {sampling} sampling, seed {seed}")
+        plt.show()
+
+    return widgets.interactive(
+        show, image=widgets.IntSlider(0, 0, len(images) - 1),
+        mask_ratio=widgets.FloatSlider(0.75, min=0.05, max=0.95, step=0.05),
+        sampling=widgets.Dropdown(options=list(MASK_SAMPLINGS), value="random"),
+        seed=widgets.IntSlider(0, 0, 99))

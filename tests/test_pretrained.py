@@ -131,3 +131,37 @@ def test_committed_checkpoints_match_the_registry():
             is False
         model, configs = pretrained.load(name)
         assert configs["model"] == model.config.to_dict()
+
+
+def test_official_weights_from_a_url_load_into_the_same_model(tmp_path, monkeypatch):
+    """The released-weights page's path: an official-format file (random weights, converted
+    with mae.convert.to_official) served on 127.0.0.1, downloaded, cached and converted back."""
+    from mae import MAE, MAEConfig
+    from mae.convert import ConversionError, to_official
+
+    torch.manual_seed(0)
+    source = MAE(MAEConfig.preset("micro", norm_pix_loss=False))
+    (tmp_path / "www").mkdir()
+    torch.save({"model": to_official(source)}, tmp_path / "www" / "mae_visualize_micro.pth")
+    (tmp_path / "www" / "broken.pth").write_bytes(b"PK\x03\x04 not really")
+    handler = functools.partial(QuietHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        model = pretrained.load_official(url + "mae_visualize_micro.pth", "micro",
+                                         norm_pix_loss=False)
+        with pytest.raises(ConversionError, match="shape mismatch|missing"):
+            pretrained.load_official(url + "mae_visualize_micro.pth", "micro", decoder_layers=4)
+        with pytest.raises(CheckpointError, match="cannot be read as a torch checkpoint"):
+            pretrained.load_official(url + "broken.pth", "micro")
+        with pytest.raises(CheckpointError, match="cannot download the official checkpoint"):
+            pretrained.load_official(url + "absent.pth", "micro")
+    finally:
+        server.shutdown()
+        server.server_close()
+    want = source.state_dict()
+    assert all(torch.equal(model.state_dict()[k], want[k]) for k in want)
+    assert (tmp_path / "cache" / "official" / "mae_visualize_micro.pth").is_file()
+    assert not model.training

@@ -42,3 +42,31 @@ def test_plot_grid_has_a_labelled_row_per_entry():
     fig = plot_grid(rows, "t")
     assert len(fig.axes) == 6 and fig.axes[0].get_ylabel() == "original"
     assert fig.axes[3].get_ylabel() == "fewer" and not fig.axes[5].axison
+
+
+def test_sampled_reconstructions_hide_what_each_sampling_hides():
+    from mae.visualize import reconstruct_sampled
+
+    model = MAE(MAEConfig.from_dict(SMALL)).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for sampling in ("random", "block", "grid"):
+        rec = reconstruct_sampled(model, images, MEAN, STD, 0.75, sampling, seed=3)
+        assert rec.mask.sum(1).tolist() == [48, 48], sampling
+        again = reconstruct_sampled(model, images, MEAN, STD, 0.75, sampling, seed=3)
+        assert torch.equal(rec.mask, again.mask)
+    grid = reconstruct_sampled(model, images, MEAN, STD, 0.75, "grid", seed=3).mask
+    visible_per_cell = (1 - grid).view(2, 4, 2, 4, 2).sum((2, 4))  # (B, 4, 4) cells of 2 x 2
+    assert visible_per_cell.eq(1).all()
+
+
+def test_explorer_redraws_for_each_choice():
+    from mae.visualize import explorer
+
+    model = MAE(MAEConfig.from_dict(SMALL)).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    view = explorer(model, images, MEAN, STD)
+    assert [c.description for c in view.children[:4]] == ["image", "mask_ratio", "sampling", "seed"]
+    view.children[2].value = "grid"
+    view.children[1].value = 0.5  # grid sampling cannot hide half: the reason is printed
+    view.update()  # no exception escapes into the notebook
+    assert view.result is None
