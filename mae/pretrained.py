@@ -40,7 +40,7 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "c1410c3b186c141e550c3dff34c367d6294db2f9cc8f87ab55176d68ffc7f8a2",
           "micro, 50 epochs of CIFAR-10, norm-pix target (chapters 6-7)"),
     Entry("micro-imagenette-pixels", "micro-imagenette-pixels.pt",
-          "12d7e32ec64addd9e6a82e46b8d4277e7018f1b8046d107b96d50da56c15a135",
+          "0b7c27b80a4de8643e702a15bfcc8d70c75e39eb56c59f03f7bc8fb0f54dccde",
           "micro at 64 px / patch 8, 80 epochs of Imagenette, pixel target (pictures: "
           "chapters 6 and 9)"),
 )}
