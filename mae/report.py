@@ -26,6 +26,21 @@ def collect_runs(results: Path, tier: str) -> dict[str, dict[str, Any]]:
     return runs
 
 
+SPREAD_RULE = (
+    "A setting differs from the default *beyond the spread* when the difference of their means is "
+    "more than twice the larger of their sample standard deviations over seeds (a setting run "
+    "with one seed is given the default point's); the default needs at least two seeds."
+)
+
+
+def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
+    """The stated rule (`SPREAD_RULE`) for one metric: None where it cannot be applied."""
+    if stat is None or ref is None or ref_seeds < 2 or seeds < 1:
+        return None
+    (mean, std), (ref_mean, ref_std) = stat, ref
+    return abs(mean - ref_mean) > 2 * max(std if seeds > 1 else ref_std, ref_std)
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -56,6 +71,13 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results, log)
                 if not any(r["seeds"] for r in rows):
                     continue
+                if sweep != "random_init" and "random_init" in sweep_names(root):
+                    base, base_runs = _sweep_rows(root, "random_init", tier, dataset, runs,
+                                                  results, log)
+                    if base and base[0]["seeds"]:  # the baseline, as the table's last row
+                        rows.append({**base[0], "baseline": True})
+                        run_rows += base_runs
+                _compare_with_default(rows)
                 stem = f"{sweep}-{tier}" + ("" if dataset == "cifar10" else f"-{dataset}")
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
                 written.append(_write_figure(results, stem, spec, tier, dataset, rows))
@@ -85,7 +107,22 @@ def _sweep_rows(root, sweep, tier, dataset, runs, results, log=print):
                        "pretrain_final_loss"):
             values = [r["metrics"][metric] for r in row["runs"] if metric in r["metrics"]]
             row[metric] = _stats(values) if values else None
+        # CPU time of the whole point (pre-training and evaluation), where the run recorded it.
+        cpu = [r["cpu_time_s"] for r in row["runs"] if "cpu_time_s" in r]
+        row["cpu_time_s"] = _stats(cpu) if cpu else None
     return rows, run_rows
+
+
+def _compare_with_default(rows: list[dict[str, Any]]) -> None:
+    """Each row's difference from the default point and the rule's verdict, per metric."""
+    ref = next((r for r in rows if r["point"] == "default" and r["seeds"]), None)
+    for row in rows:
+        for metric in ("probe_top1", "knn_top1"):
+            stat = row[metric]
+            ok = ref is not None and row is not ref and stat is not None and ref[metric]
+            row[f"d_{metric}"] = stat[0] - ref[metric][0] if ok else None
+            row[f"beyond_{metric}"] = (beyond_spread(stat, row["seeds"], ref[metric], ref["seeds"])
+                                       if ok else None)
 
 
 def _flatten(key: str, point: Point, run: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +147,16 @@ def _cell(stat, digits=1):
     return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _verdict(row) -> str:
+    """'-6.3 / -6.5 (yes / yes)': the differences from the default and the rule's verdicts."""
+    if row["d_probe_top1"] is None:
+        return "–" if row["point"] != "default" else "(reference)"
+    words = {True: "yes", False: "no", None: "n/a"}
+    diffs = " / ".join("–" if row[f"d_{m}"] is None else f"{row[f'd_{m}']:+.1f}"
+                       for m in ("probe_top1", "knn_top1"))
+    return f"{diffs} ({words[row['beyond_probe_top1']]} / {words[row['beyond_knn_top1']]})"
+
+
 def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Path]:
     import csv
 
@@ -118,18 +165,30 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
     has_ft = any(r["finetune_top1"] for r in rows)
     header = ["setting", "seeds", "probe_top1_mean", "probe_top1_std", "knn_top1_mean",
               "knn_top1_std"] + (["finetune_top1_mean", "finetune_top1_std"] if has_ft else []) \
-        + ["pretrain_minutes", "final_loss", "paper_lin", "paper_ft"]
+        + ["pretrain_minutes", "cpu_minutes", "final_loss", "probe_minus_default",
+           "knn_minus_default", "probe_beyond_spread", "knn_beyond_spread", "paper_lin",
+           "paper_ft"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
+
+    def number(value, digits=2):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    def pair(stat):
+        return [f"{stat[0]:.2f}", f"{stat[1]:.2f}"] if stat else ["", ""]
+
     for r in rows:
-        def pair(stat):
-            return [f"{stat[0]:.2f}", f"{stat[1]:.2f}"] if stat else ["", ""]
-        writer.writerow([r["label"], r["seeds"], *pair(r["probe_top1"]), *pair(r["knn_top1"])]
-                        + (pair(r["finetune_top1"]) if has_ft else [])
-                        + [f"{r['pretrain_wall_time_s'][0] / 60:.1f}" if r["pretrain_wall_time_s"] else "",
-                           f"{r['pretrain_final_loss'][0]:.4f}" if r["pretrain_final_loss"] else "",
-                           r["paper"].get("lin", ""), r["paper"].get("ft", "")])
+        writer.writerow(
+            [r["label"], r["seeds"], *pair(r["probe_top1"]), *pair(r["knn_top1"])]
+            + (pair(r["finetune_top1"]) if has_ft else [])
+            + [number(r["pretrain_wall_time_s"] and r["pretrain_wall_time_s"][0] / 60, 1),
+               number(r["cpu_time_s"] and r["cpu_time_s"][0] / 60, 1),
+               number(r["pretrain_final_loss"] and r["pretrain_final_loss"][0], 4),
+               number(r["d_probe_top1"]), number(r["d_knn_top1"]),
+               {True: "yes", False: "no", None: ""}[r["beyond_probe_top1"]],
+               {True: "yes", False: "no", None: ""}[r["beyond_knn_top1"]],
+               r["paper"].get("lin", ""), r["paper"].get("ft", "")])
     csv_path = tables / f"{stem}.csv"
     write_text_atomic(csv_path, buf.getvalue())
 
@@ -142,22 +201,34 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
     runs_path = tables / f"{stem}-runs.csv"
     write_text_atomic(runs_path, runs_buf.getvalue())
 
-    commits = sorted({r["provenance"]["git_commit"][:10] + ("+dirty" if r["provenance"]["git_dirty"] else "")
-                      for row in rows for r in row["runs"]})
-    devices = sorted({r["provenance"]["device_name"] for row in rows for r in row["runs"]})
+    all_runs = [r for row in rows for r in row["runs"]]
+    commits = sorted({r["provenance"]["git_commit"][:10]
+                      + ("+dirty" if r["provenance"]["git_dirty"] else "") for r in all_runs})
+    devices = sorted({r["provenance"]["device_name"] for r in all_runs})
     lines = [f"### {spec['title']} ({tier} tier, {dataset})", "",
-             "| setting | seeds | linear probe top-1 (%) | kNN top-1 (%) | "
-             + ("fine-tune top-1 (%) | " if has_ft else "")
-             + "pre-training (min) | paper lin | paper ft |",
-             "|---|---|---|---|" + ("---|" if has_ft else "") + "---|---|---|"]
+             "| setting | seeds | probe (%) | kNN (%) | "
+             + ("fine-tune (%) | " if has_ft else "")
+             + "− default: probe / kNN (beyond?) | pre-train min | CPU min "
+               "| paper lin | paper ft |",
+             "|---|---|---|---|" + ("---|" if has_ft else "") + "---|---|---|---|---|"]
     for r in rows:
+        wall, cpu = r["pretrain_wall_time_s"], r["cpu_time_s"]
+        wall_text = f"{wall[0] / 60:.1f}" if wall else ("none" if r.get("baseline") else "")
+        cpu_text = f"{cpu[0] / 60:.1f}" if cpu else ""
         lines.append(
             f"| {r['label']} | {r['seeds']} | {_cell(r['probe_top1'])} | {_cell(r['knn_top1'])} | "
             + (f"{_cell(r['finetune_top1'])} | " if has_ft else "")
-            + (f"{r['pretrain_wall_time_s'][0] / 60:.1f}" if r["pretrain_wall_time_s"] else "")
-            + f" | {r['paper'].get('lin', '–')} | {r['paper'].get('ft', '–')} |")
-    lines += ["", f"Ours: mean ± sample std over seeds. Paper: {spec['paper_source'].strip()}",
-              f"Runs: {sum(r['seeds'] for r in rows)} (per-run provenance in `{runs_path.name}`), "
+            + f"{_verdict(r)} | {wall_text} | {cpu_text} "
+            + f"| {r['paper'].get('lin', '–')} | {r['paper'].get('ft', '–')} |")
+    baseline = any(r.get("baseline") for r in rows)
+    lines += ["", f"Ours: mean ± sample std over seeds; probe = linear probe, − default = "
+              f"difference from the default point, with the rule's verdict. {SPREAD_RULE}"
+              + (" The last row is the same encoder at its random initialisation, evaluated "
+                 "the same way, without pre-training." if baseline else "")
+              + " Pre-training: wall-clock minutes; CPU: CPU-minutes of the whole point "
+                "(pre-training and evaluation), where the run recorded it.",
+              f"Paper: {spec['paper_source'].strip()}",
+              f"Runs: {len(all_runs)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]
     md_path = tables / f"{stem}.md"
     write_text_atomic(md_path, "\n".join(lines))
@@ -172,19 +243,25 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
 
     figures = results / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    done = [r for r in rows if r["seeds"]]
+    done = [r for r in rows if r["seeds"] and not r.get("baseline")]
+    baseline = next((r for r in rows if r.get("baseline")), None)
     # A numeric sweep (mask ratio, depth, width) on a numeric axis; anything else categorical.
     numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
                   for r in done)
     x = [r["value"] for r in done] if numeric else list(range(len(done)))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for metric, name, marker in (("probe_top1", "linear probe (ours)", "o"),
-                                 ("knn_top1", "kNN (ours)", "s"),
-                                 ("finetune_top1", "fine-tune (ours)", "^")):
+    for metric, name, marker, color in (("probe_top1", "linear probe (ours)", "o", "C0"),
+                                        ("knn_top1", "kNN (ours)", "s", "C1"),
+                                        ("finetune_top1", "fine-tune (ours)", "^", "C2")):
         pts = [(i, r[metric]) for i, r in zip(x, done) if r[metric]]
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], color=color,
                         yerr=[p[1][1] for p in pts], marker=marker, capsize=3, label=name)
+        if pts and baseline and baseline[metric]:  # random init: a line, its seeds' std a band
+            mean, std = baseline[metric]
+            ax.axhline(mean, color=color, ls=":", lw=1.2,
+                       label=f"random init, {name.split(' (')[0]} ({baseline['seeds']} seeds)")
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.08, lw=0)
     if numeric and all(isinstance(v, int) and v > 0 for v in x) and max(x) >= 8 * min(x):
         ax.set_xscale("log", base=2)  # depths / widths that double
         ax.minorticks_off()
@@ -203,10 +280,10 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
         more = twin.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     # Below the axes, so that no point hides behind it.
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=max(1, len(labels)),
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(3, max(1, len(labels))),
                frameon=False)
     ax.set_title(f"{spec['title']} — {tier} tier, {dataset}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3), 1, 1))
     png = io.BytesIO()
     fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
     plt.close(fig)

@@ -72,6 +72,10 @@ def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
     assert report.returncode == 0, report.stderr
     tables = results / "tables"
     assert (tables / "mask_ratio-smoke.md").is_file() and (tables / "mask_ratio-smoke.csv").is_file()
+    # Every sweep's table ends with the random-init baseline and applies the stated rule.
+    table = (tables / "mask_ratio-smoke.md").read_text()
+    assert table.splitlines()[-5].startswith("| random init | 1 |") and "(reference)" in table
+    assert "beyond the spread" in table
     assert (results / "figures" / "decoder_depth-smoke.png").is_file()
     copy = tmp_path / "first"
     shutil.copytree(results / "tables", copy / "tables")
@@ -191,3 +195,14 @@ def test_a_malformed_sweep_file_is_named_and_does_not_stop_the_report(tmp_path):
                              str(root / "results")], cwd=root, capture_output=True, text=True)
     assert report.returncode == 2 and "listed, novalues could not be read" in report.stderr
     assert (root / "results" / "tables" / "random_init-smoke.md").is_file()
+
+
+def test_the_spread_rule():
+    from mae.report import beyond_spread
+
+    default = (50.8, 0.6)
+    assert beyond_spread((49.0, 0.0), 1, default, 3) is True  # 1.8 > 2 x 0.6
+    assert beyond_spread((50.0, 0.0), 1, default, 3) is False  # 0.8 < 1.2
+    assert beyond_spread((49.0, 1.0), 3, default, 3) is False  # 1.8 < 2 x 1.0: the larger std
+    assert beyond_spread((49.0, 0.0), 1, (50.8, 0.0), 1) is None  # no spread to judge by
+    assert beyond_spread(None, 0, default, 3) is None
