@@ -1,5 +1,6 @@
 """The project's packaging: pyproject and environment.yml agree; importing mae is cheap and silent."""
 
+import json
 import re
 import subprocess
 import sys
@@ -66,3 +67,15 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+def test_headline_example_is_the_same_everywhere():
+    """The README's example is shown in the intro and run, verbatim, by chapter 5."""
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## The package\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert "model = MAE(config)" in example
+    assert example in (ROOT / "book" / "intro.md").read_text()
+    chapter = json.loads((ROOT / "notebooks" / "05_decoder.ipynb").read_text())
+    sources = ["".join(c["source"]) for c in chapter["cells"] if c["cell_type"] == "code"]
+    assert any(s.startswith(example) for s in sources), "chapter 5 no longer runs the example"
+    assert max(len(line) for line in example.splitlines()) <= 80
