@@ -173,7 +173,7 @@ def notebook_parameters(tier: dict[str, Any], dataset: str, model: dict[str, Any
 
 
 # Train fields that change how a run is executed, not what it computes.
-FREE_TRAIN_KEYS = ("device", "num_threads", "compile", "checkpoint_every")
+FREE_TRAIN_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard")
 
 
 def resolved_configs(parameters: dict[str, Any]) -> dict[str, Any]:

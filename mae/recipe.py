@@ -72,6 +72,8 @@ class TrainConfig(ConfigBase):
     checkpoint_every: int = _f(500, "save a checkpoint every N optimizer steps (and at the end)", 0)
     max_steps: int = _f(0, "stop after N optimizer steps of the full schedule (0: run it all)", 0)
     num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default)", 0)
+    tensorboard: bool = _f(False, "also log loss, lr and images/s per step to <out>/tensorboard "
+                                  "(needs the tensorboard package: pip install 'mae[tensorboard]')")
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -145,6 +145,8 @@ def pretrain(
         if (out / CHECKPOINT).is_file() and not (resume or overwrite):
             raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to "
                               f"continue it, --overwrite to replace it, or choose another --out.")
+    if tc.tensorboard:  # fail before any data is loaded, not after
+        tensorboard_writer(out, 0, check_only=True)
     info, device = init_distributed(tc.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -218,7 +220,10 @@ def pretrain(
                 "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"],
             })
             write_history(out, history)
+            if board is not None:
+                board.flush()  # the logged steps and the checkpoint agree
 
+    board = tensorboard_writer(out, start) if tc.tensorboard and info.main else None
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
@@ -262,6 +267,9 @@ def pretrain(
         seconds = time.perf_counter() - t_step
         history.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
                         "loss": value, "lr": lr, "images_per_s": tc.batch_size / seconds})
+        if board is not None:
+            for name in ("loss", "lr", "images_per_s"):
+                board.add_scalar(f"pretrain/{name}", history[-1][name], step + 1)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}",
                         img_s=f"{tc.batch_size / seconds:.0f}", refresh=False)
         bar.update()
@@ -270,6 +278,8 @@ def pretrain(
     bar.close()
     if stop > start or (out is not None and not (out / CHECKPOINT).is_file()):
         save(stop)
+    if board is not None:
+        board.close()
     wall, spent = wall_before + time.perf_counter() - t0, clock.elapsed()
     done = history[-steps_per_epoch:] if history else []
     metrics = {
@@ -286,6 +296,22 @@ def pretrain(
     return PretrainResult(model, metrics, history)
 
 
+def tensorboard_writer(out: Path | None, start: int, check_only: bool = False):
+    """A TensorBoard writer for ``<out>/tensorboard``. On resume, events logged after the
+    checkpoint's step (by the run that was stopped) are dropped, so the curves show what the
+    resumed run did once."""
+    if out is None:
+        raise ConfigError("tensorboard=True needs a run folder (--out) to write its logs to.")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch raises ImportError when tensorboard is missing
+        raise ConfigError("tensorboard=True needs the tensorboard package: pip install "
+                          "'mae[tensorboard]' (or pip install tensorboard), or leave it off.") from e
+    if check_only:
+        return None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
+
+
 def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
     """A run continues on the data it started on (checkpoints from before this check carry no
     fingerprint and are taken as they are)."""
@@ -299,7 +325,7 @@ def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], pa
 
 def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     """The recipe must match to resume; how far to run (max_steps) and checkpointing may change."""
-    free = {"max_steps", "checkpoint_every", "num_threads", "device", "compile"}
+    free = {"max_steps", "checkpoint_every", "num_threads", "device", "compile", "tensorboard"}
     check_config({k: v for k, v in found.items() if k not in free},
                  {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)",
                  defaults={k: v for k, v in TrainConfig().to_dict().items() if k not in free})

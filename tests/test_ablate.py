@@ -62,6 +62,8 @@ def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
             # The baseline is not pre-trained: no training folder, no pre-training metrics.
             assert record["pretrain"] is (name != "random_init")
             assert (point.run_dir / "train").is_dir() is record["pretrain"]
+            # The smoke tier logs pre-training for TensorBoard, as the GPU tiers do.
+            assert (point.run_dir / "train" / "tensorboard").is_dir() is record["pretrain"]
             assert ("pretrain_steps" in record["metrics"]) is record["pretrain"]
     assert [p.name for p in sweep_points(ROOT, "random_init", "cpu")] == ["random_init"] * 3
     # A second run executes nothing.

@@ -243,3 +243,48 @@ def test_a_config_file_runs_what_the_flags_run(tmp_path):
                            f"--config={tmp_path / 'run.json'}", f"--out={tmp_path / 'x'}"],
                           capture_output=True, text=True, cwd=ROOT)
     assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def _scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@needs_cifar
+def test_tensorboard_logs_what_the_history_records_and_resume_logs_each_step_once(
+        tmp_path, cifar_train):
+    pytest.importorskip("tensorboard")
+    data = cifar_train.subset(512)
+    run = pretrain(SMALL, {**TRAIN, "max_steps": 3, "tensorboard": True}, tmp_path, dataset=data,
+                   progress=False)
+    for tag in ("loss", "lr", "images_per_s"):
+        logged = _scalars(tmp_path / "tensorboard", f"pretrain/{tag}")
+        assert [s for s, _ in logged] == [1, 2, 3]
+        assert [v for _, v in logged] == pytest.approx([h[tag] for h in run.history], rel=1e-6)
+    # A stopped run had logged steps 3 and 4 past its step-2 checkpoint; the resumed run logs
+    # them again, and the reader keeps only the resumed run's values.
+    from mae.train import tensorboard_writer
+
+    other = tmp_path / "other"
+    first = tensorboard_writer(other, 0)
+    for step in (1, 2, 3, 4):
+        first.add_scalar("pretrain/loss", 10.0 + step, step)
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they are opened
+    again = tensorboard_writer(other, 2)
+    for step in (3, 4, 5):
+        again.add_scalar("pretrain/loss", 20.0 + step, step)
+    again.close()
+    assert _scalars(other / "tensorboard", "pretrain/loss") == [(1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0),
+                                               (5, 25.0)]
+
+
+def test_tensorboard_without_the_package_or_a_folder_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="needs a run folder"):
+        pretrain(SMALL, {**TRAIN, "tensorboard": True}, None, progress=False)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match=r"pip install 'mae\[tensorboard\]'"):
+        pretrain(SMALL, {**TRAIN, "tensorboard": True}, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
