@@ -90,7 +90,11 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
 
 def _sweep_rows(root, sweep, tier, dataset, runs, results, log=print):
     rows, run_rows = [], []
-    for point in sweep_points(root, sweep, tier, dataset, results=results):
+    # Every seed that ran counts, not only the tier's: `ablate --seeds 1 2` adds seeds to a point.
+    prefix = f"runs/{tier}/{dataset}/"
+    seeds = {int(key.rsplit("/seed", 1)[1]) for key in runs if key.startswith(prefix)}
+    seeds |= {p.seed for p in sweep_points(root, sweep, tier, dataset, results=results)}
+    for point in sweep_points(root, sweep, tier, dataset, seeds=sorted(seeds), results=results):
         key = point.run_dir.relative_to(results).as_posix()
         if not any(r["label"] == point.label for r in rows):
             rows.append({"label": point.label, "value": point.value, "point": point.name,
@@ -208,25 +212,24 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
     lines = [f"### {spec['title']} ({tier} tier, {dataset})", "",
              "| setting | seeds | probe (%) | kNN (%) | "
              + ("fine-tune (%) | " if has_ft else "")
-             + "− default: probe / kNN (beyond?) | pre-train min | CPU min "
-               "| paper lin | paper ft |",
-             "|---|---|---|---|" + ("---|" if has_ft else "") + "---|---|---|---|---|"]
+             + "− default: probe / kNN (beyond?) | minutes: pre-train / CPU | paper: lin / ft |",
+             "|---|---|---|---|" + ("---|" if has_ft else "") + "---|---|---|"]
     for r in rows:
         wall, cpu = r["pretrain_wall_time_s"], r["cpu_time_s"]
-        wall_text = f"{wall[0] / 60:.1f}" if wall else ("none" if r.get("baseline") else "")
-        cpu_text = f"{cpu[0] / 60:.1f}" if cpu else ""
+        wall_text = f"{wall[0] / 60:.1f}" if wall else ("none" if r.get("baseline") else "–")
+        cpu_text = f"{cpu[0] / 60:.1f}" if cpu else "–"
         lines.append(
             f"| {r['label']} | {r['seeds']} | {_cell(r['probe_top1'])} | {_cell(r['knn_top1'])} | "
             + (f"{_cell(r['finetune_top1'])} | " if has_ft else "")
-            + f"{_verdict(r)} | {wall_text} | {cpu_text} "
-            + f"| {r['paper'].get('lin', '–')} | {r['paper'].get('ft', '–')} |")
+            + f"{_verdict(r)} | {wall_text} / {cpu_text} "
+            + f"| {r['paper'].get('lin', '–')} / {r['paper'].get('ft', '–')} |")
     baseline = any(r.get("baseline") for r in rows)
     lines += ["", f"Ours: mean ± sample std over seeds; probe = linear probe, − default = "
               f"difference from the default point, with the rule's verdict. {SPREAD_RULE}"
               + (" The last row is the same encoder at its random initialisation, evaluated "
                  "the same way, without pre-training." if baseline else "")
-              + " Pre-training: wall-clock minutes; CPU: CPU-minutes of the whole point "
-                "(pre-training and evaluation), where the run recorded it.",
+              + " Minutes: wall-clock minutes of pre-training / CPU-minutes of the whole point "
+                "(pre-training and evaluation, mean over the seeds that recorded it).",
               f"Paper: {spec['paper_source'].strip()}",
               f"Runs: {len(all_runs)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]
