@@ -33,7 +33,7 @@ def tiles(image: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(-1, p, p, C)
 
 
-def box(ax, x, y, w, h, color, text, fontsize=10, textcolor="white"):
+def box(ax, x, y, w, h, color, text, fontsize=12.5, textcolor="white"):
     ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
                                 fc=color, ec="none"))
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", color=textcolor,
@@ -73,61 +73,63 @@ def main() -> None:
     visible = [t.numpy() for t, h in zip(patches, hidden) if not h]
     L, K = hidden.numel(), int((~hidden).sum())
 
-    plt.rcParams.update({"svg.hashsalt": "mae-book", "font.size": 10})
-    fig, ax = plt.subplots(figsize=(13, 4.6))
-    ax.set_xlim(0, 13)
-    ax.set_ylim(-0.55, 4.25)
+    plt.rcParams.update({"svg.hashsalt": "mae-book", "font.size": 11})
+    fig, ax = plt.subplots(figsize=(12, 5.0))
+    ax.set_xlim(0, 13.6)
+    ax.set_ylim(-1.2, 4.3)
     ax.axis("off")
     top, h = 0.45, 3.1  # the band every element sits in
+    small = 10.5
 
-    # 1. the image and its masked patch grid
+    # 1. the image, 75 % of its patches hidden
     ax.imshow(rec.masked[0].permute(1, 2, 0).numpy(), extent=(0.1, 2.1, top + 0.55, top + 2.55))
-    ax.text(1.1, top + 2.8, "image, 75 % of patches hidden", ha="center", fontsize=10)
-    ax.text(1.1, top + 0.25, f"x: (B, C, H, W)\nL = (H/p)² = {L} patches", ha="center",
-            va="top", fontsize=9)
-    arrow(ax, 2.2, top + 1.55, 2.75, top + 1.55)
+    ax.text(1.1, top + 2.75, "input: 75 % of\nthe patches hidden", ha="center", va="bottom")
+    ax.text(1.1, top + 0.3, f"(B, C, H, W)\nL = (H/p)² = {L}", ha="center", va="top",
+            fontsize=small)
+    arrow(ax, 2.2, top + 1.55, 2.7, top + 1.55)
 
     # 2. the visible patches, a sequence of K tokens
-    column(ax, 2.85, top + 0.1, h - 0.2, visible[:K])
-    ax.text(3.01, top + h + 0.15, f"K = {K}\nvisible", ha="center", fontsize=9)
-    ax.text(3.01, top - 0.05, "(B, K, P)", ha="center", va="top", fontsize=9)
-    arrow(ax, 3.25, top + 1.55, 3.65, top + 1.55)
+    column(ax, 2.8, top + 0.1, h - 0.2, visible[:K])
+    ax.text(2.96, top + h + 0.15, f"K = {K}\nvisible", ha="center", va="bottom", fontsize=small)
+    ax.text(2.96, top - 0.05, "(B, K, P)", ha="center", va="top", fontsize=small)
+    arrow(ax, 3.2, top + 1.55, 3.6, top + 1.55)
 
     # 3. the encoder, on 1 + K tokens only
-    box(ax, 3.7, top + 0.1, 2.0, h - 0.2, ENCODER,
-        "encoder\n\npatch embedding\n+ sin-cos positions\n+ CLS token\n\nViT blocks, width D\n"
-        "on 1 + K tokens")
-    ax.text(4.7, top - 0.05, "(B, 1 + K, D)", ha="center", va="top", fontsize=9)
-    arrow(ax, 5.75, top + 1.55, 6.2, top + 1.55)
+    box(ax, 3.65, top + 0.1, 2.3, h - 0.2, ENCODER,
+        "encoder\n(ViT, width D)\n\nembed + positions,\nCLS in front,\nblocks on\n1 + K tokens",
+        fontsize=small)
+    ax.text(4.8, top - 0.05, "(B, 1 + K, D)", ha="center", va="top", fontsize=small)
+    arrow(ax, 6.0, top + 1.55, 6.45, top + 1.55)
 
     # 4. back to L positions: mask tokens, unshuffled
-    column(ax, 6.3, top + 0.1, h - 0.2, [MASK if hh else TOKEN for hh in hidden[:32]], w=0.3)
-    column(ax, 6.65, top + 0.1, h - 0.2, [MASK if hh else TOKEN for hh in hidden[32:]], w=0.3)
-    ax.text(6.8, top + h + 0.15, "+ L − K mask tokens,\nunshuffled", ha="center", fontsize=9)
-    ax.text(6.8, top - 0.05, "(B, 1 + L, D_d)", ha="center", va="top", fontsize=9)
-    arrow(ax, 7.05, top + 1.55, 7.45, top + 1.55)
+    column(ax, 6.55, top + 0.1, h - 0.2, [MASK if hh else TOKEN for hh in hidden[:32]], w=0.3)
+    column(ax, 6.9, top + 0.1, h - 0.2, [MASK if hh else TOKEN for hh in hidden[32:]], w=0.3)
+    ax.text(7.05, top + h + 0.15, "+ L − K mask\ntokens, unshuffled", ha="center",
+            va="bottom", fontsize=small)
+    ax.text(7.05, top - 0.05, "(B, 1 + L, D_d)", ha="center", va="top", fontsize=small)
+    arrow(ax, 7.3, top + 1.55, 7.7, top + 1.55)
 
     # 5. the decoder, narrow and shallow, on all L
-    box(ax, 7.5, top + 0.55, 1.5, h - 1.1, DECODER,
-        "decoder\n\nlinear to D_d\n+ positions\na few narrow\nblocks\nlinear to P")
-    ax.text(8.25, top + 0.35, "(B, L, P)", ha="center", va="top", fontsize=9)
-    arrow(ax, 9.05, top + 1.55, 9.5, top + 1.55)
+    box(ax, 7.75, top + 0.45, 1.8, h - 0.9, DECODER,
+        "decoder\n(width D_d)\n\na few narrow\nblocks on all\nL positions", fontsize=small)
+    ax.text(8.65, top + 0.25, "(B, L, P)", ha="center", va="top", fontsize=small)
+    arrow(ax, 9.6, top + 1.55, 10.05, top + 1.55)
 
     # 6. the prediction, and the loss on hidden patches only
-    ax.imshow(rec.pasted[0].permute(1, 2, 0).numpy(), extent=(9.6, 11.6, top + 0.55, top + 2.55))
-    ax.text(10.6, top + 2.8, "predicted hidden patches\n(visible ones pasted back)", ha="center",
-            fontsize=10)
-    ax.text(10.6, top + 0.25, "loss: mean squared error\non the hidden patches only",
-            ha="center", va="top", fontsize=9)
-    ax.imshow(original.permute(1, 2, 0).numpy(), extent=(11.85, 12.85, top + 1.05, top + 2.05))
-    ax.text(12.35, top + 2.2, "target", ha="center", fontsize=9)
+    ax.imshow(rec.pasted[0].permute(1, 2, 0).numpy(), extent=(10.15, 12.15, top + 0.55, top + 2.55))
+    ax.text(11.15, top + 2.75, "predicted hidden patches\n(visible ones pasted back)",
+            ha="center", va="bottom")
+    ax.text(11.15, top + 0.3, "loss: mean squared error\non the hidden patches only",
+            ha="center", va="top", fontsize=small)
+    ax.imshow(original.permute(1, 2, 0).numpy(), extent=(12.4, 13.5, top + 1.0, top + 2.1))
+    ax.text(12.95, top + 2.2, "target", ha="center", va="bottom", fontsize=small)
 
     legend = [(TOKEN, "encoded visible token"), (MASK, "shared, learned mask token")]
     for i, (color, text) in enumerate(legend):
-        ax.add_patch(Rectangle((5.6 + 3.0 * i, -0.5), 0.2, 0.2, fc=color, ec="none"))
-        ax.text(5.9 + 3.0 * i, -0.4, text, va="center", fontsize=9)
-    ax.text(0.1, -0.4, "after pre-training the decoder is dropped; the encoder is kept",
-            va="center", fontsize=9, style="italic", color="#444444")
+        ax.add_patch(Rectangle((0.15 + 3.6 * i, -0.62), 0.22, 0.22, fc=color, ec="none"))
+        ax.text(0.5 + 3.6 * i, -0.51, text, va="center", fontsize=small)
+    ax.text(0.15, -1.0, "after pre-training the decoder is dropped; the encoder is kept",
+            ha="left", va="center", fontsize=small, style="italic", color="#444444")
     OUT.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT / "architecture.svg", bbox_inches="tight", metadata={"Date": None})
     fig.savefig(OUT / "architecture.png", bbox_inches="tight", dpi=110,
