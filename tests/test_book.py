@@ -27,3 +27,21 @@ def test_book_builds_and_links_resolve(tmp_path):
     assert any("'notebooks/03_loss' produced no page" in p for p in problems)
     assert any("broken link" in p and "03_loss.html" in p for p in problems)
     assert any(f"01_patchify.html: image {figure} does not exist" in p for p in problems)
+
+
+def test_chapter_code_fits_the_page_and_every_chapter_ends_with_exercises():
+    """88 columns fit the article at 1280 px (the book's CSS); each chapter closes with a summary
+    and 3-5 exercises."""
+    import json
+    import re
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        for cell in cells:
+            if cell["cell_type"] == "code":
+                for line in "".join(cell["source"]).splitlines():
+                    assert len(line) <= 88, f"{path.name}: {len(line)} columns: {line}"
+        text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        assert "## Summary" in text and "## Exercises" in text, path.name
+        exercises = text.split("## Exercises", 1)[1]
+        assert 3 <= len(re.findall(r"^\d+\. ", exercises, flags=re.M)) <= 5, path.name
