@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun-stale", action="store_true",
                    help="rerun finished points whose recorded configs differ from the sweep and "
                         "tier now (without it they are refused by name); old folders are kept")
+    p.add_argument("--executor", choices=("inline", "local"), default="inline",
+                   help="inline: one point after another in this process (default); local: "
+                        "--jobs worker processes on this machine share the points (each point's "
+                        "folder lock keeps two from running it), each on its own GPU "
+                        "(CUDA_VISIBLE_DEVICES) or its share of the CPU cores")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for --executor local (default 1)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="tables and figures from the run folders",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -226,15 +227,56 @@ def cmd_export(args) -> int:
 def cmd_ablate(args) -> int:
     from .ablate import project_root, run_sweep, sweep_names
 
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
+    if args.executor == "inline" and args.jobs > 1:
+        raise ConfigError("--jobs needs --executor local (inline runs one point at a time).")
+    if args.executor == "local" and args.jobs > 1:
+        return run_local_jobs(args)
     root = project_root()
     sweeps = sweep_names(root) if args.sweep == "all" else [args.sweep]
     results = Path(args.results) if args.results else None
     failed = 0
+    prefix = f"[job {os.environ['MAE_ABLATE_JOB']}] " if "MAE_ABLATE_JOB" in os.environ else ""
     for sweep in sweeps:
         failed += run_sweep(sweep, args.tier, args.dataset, args.seeds, results, root,
-                            log=lambda line: print(line, flush=True),
+                            log=lambda line: print(prefix + line, flush=True),
                             rerun_stale=args.rerun_stale)
     return 1 if failed else 0
+
+
+def run_local_jobs(args) -> int:
+    """``--executor local --jobs N``: N copies of this ablate command, each an inline runner.
+    They walk the same points; a point's folder lock lets only one of them run it, the others
+    go on to the next. Each worker gets its own GPU where there are N of them, else its share of
+    the CPU cores as its thread count. Exit status 1 if any worker had a failed point."""
+    import subprocess
+
+    import torch
+
+    if args.rerun_stale:
+        raise ConfigError("--rerun-stale moves folders aside: run it with one job, then add "
+                          "--executor local --jobs N for the rest.")
+    argv = [sys.executable, "-m", "mae", "ablate", args.sweep, "--tier", args.tier]
+    if args.dataset:
+        argv += ["--dataset", args.dataset]
+    if args.seeds:
+        argv += ["--seeds", *map(str, args.seeds)]
+    if args.results:
+        argv += ["--results", args.results]
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    workers = []
+    for job in range(args.jobs):
+        env = {**os.environ, "MAE_ABLATE_JOB": str(job)}
+        if gpus >= args.jobs:
+            env["CUDA_VISIBLE_DEVICES"] = str(job)
+        else:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        workers.append(subprocess.Popen(argv, env=env))
+    codes = [w.wait() for w in workers]
+    print(f"{args.jobs} local jobs finished, exit status {codes}", flush=True)
+    return 1 if any(codes) else 0
 
 
 def cmd_report(args) -> int:

@@ -208,3 +208,31 @@ def test_the_spread_rule():
     assert beyond_spread((49.0, 1.0), 3, default, 3) is False  # 1.8 < 2 x 1.0: the larger std
     assert beyond_spread((49.0, 0.0), 1, (50.8, 0.0), 1) is None  # no spread to judge by
     assert beyond_spread(None, 0, default, 3) is None
+
+
+@needs_cifar
+def test_local_executor_with_two_jobs_gives_the_inline_metrics(tmp_path):
+    """--executor local --jobs 2: two workers share a sweep's points through the folder locks;
+    every point runs once and the metrics are those of an inline run (same thread count)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    inline = ablate("decoder_depth", "--tier", "smoke", "--results", str(tmp_path / "a"), env=env)
+    assert inline.returncode == 0, inline.stdout[-2000:] + inline.stderr[-2000:]
+    local = ablate("decoder_depth", "--tier", "smoke", "--results", str(tmp_path / "b"),
+                   "--executor", "local", "--jobs", "2", env=env)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    ran = [line for line in local.stdout.splitlines() if ": running ->" in line]
+    points = sweep_points(ROOT, "decoder_depth", "smoke", results=tmp_path / "b")
+    assert len(ran) == len(points)  # each point run by exactly one of the two workers
+    assert {line.split("]")[0] for line in ran} == {"[job 0", "[job 1"}  # both worked
+    for point in points:
+        b = json.loads((point.run_dir / "metrics.json").read_text())["metrics"]
+        a_dir = tmp_path / "a" / point.run_dir.relative_to(tmp_path / "b")
+        a = json.loads((a_dir / "metrics.json").read_text())["metrics"]
+        for key in ("probe_top1", "knn_top1", "pretrain_final_loss"):
+            assert a[key] == b[key], (point.name, key)
+
+
+def test_jobs_without_the_local_executor_is_a_clear_error():
+    run = ablate("decoder_depth", "--tier", "smoke", "--jobs", "2")
+    assert run.returncode == 2 and "--jobs needs --executor local" in run.stderr
+    assert "Traceback" not in run.stderr
