@@ -32,6 +32,7 @@ from .data import ImageDataset, load_dataset
 from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
+from .board import tensorboard_writer
 from .optim import lr_at, param_groups
 from .provenance import (
     CpuClock, check_writable, provenance, remove_stale_temporaries, write_json_atomic,
@@ -294,22 +295,6 @@ def pretrain(
         metrics["checkpoint"] = str(out / CHECKPOINT)
         write_json_atomic(out / "pretrain_metrics.json", metrics)
     return PretrainResult(model, metrics, history)
-
-
-def tensorboard_writer(out: Path | None, start: int, check_only: bool = False):
-    """A TensorBoard writer for ``<out>/tensorboard``. On resume, events logged after the
-    checkpoint's step (by the run that was stopped) are dropped, so the curves show what the
-    resumed run did once."""
-    if out is None:
-        raise ConfigError("tensorboard=True needs a run folder (--out) to write its logs to.")
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # torch raises ImportError when tensorboard is missing
-        raise ConfigError("tensorboard=True needs the tensorboard package: pip install "
-                          "'mae[tensorboard]' (or pip install tensorboard), or leave it off.") from e
-    if check_only:
-        return None
-    return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
 
 
 def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:

@@ -265,7 +265,7 @@ def test_tensorboard_logs_what_the_history_records_and_resume_logs_each_step_onc
         assert [v for _, v in logged] == pytest.approx([h[tag] for h in run.history], rel=1e-6)
     # A stopped run had logged steps 3 and 4 past its step-2 checkpoint; the resumed run logs
     # them again, and the reader keeps only the resumed run's values.
-    from mae.train import tensorboard_writer
+    from mae.board import tensorboard_writer
 
     other = tmp_path / "other"
     first = tensorboard_writer(other, 0)
