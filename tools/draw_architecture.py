@@ -18,19 +18,13 @@ import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
 
 import mae.pretrained  # noqa: E402
+from mae import patchify  # noqa: E402
 from mae.data import load_dataset  # noqa: E402
 from mae.visualize import dataset_images, reconstruct  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "figures"
 IMAGE = 7  # which of chapter 6's eight validation images
 ENCODER, DECODER, TOKEN, MASK = "#4c72b0", "#dd8452", "#9ecae1", "#d9d9d9"
-
-
-def tiles(image: torch.Tensor, p: int) -> torch.Tensor:
-    """(C, H, W) -> (L, p, p, C), the patches in row-major order."""
-    C, H, W = image.shape
-    x = image.reshape(C, H // p, p, W // p, p).permute(1, 3, 2, 4, 0)
-    return x.reshape(-1, p, p, C)
 
 
 def box(ax, x, y, w, h, color, text, fontsize=12.5, textcolor="white"):
@@ -69,7 +63,7 @@ def main() -> None:
     hidden = rec.mask[0].bool()  # (L,)
     p = c.patch_size
     original = rec.original[0]
-    patches = tiles(original, p)  # (L, p, p, C)
+    patches = patchify(original[None], p)[0].unflatten(-1, (p, p, c.in_chans))  # (L, p, p, C)
     visible = [t.numpy() for t, h in zip(patches, hidden) if not h]
     L, K = hidden.numel(), int((~hidden).sum())
 
