@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
-from .recipe import EvalConfig, TrainConfig
+from .recipe import EXECUTION_KEYS, EvalConfig, TrainConfig
 from .provenance import write_json_atomic
-from .train import PretrainResult
 
 TEMPLATE = Path("notebooks") / "ablation.ipynb"
 SWEPT = ("mask_ratio", "mask_sampling", "decoder_layers", "decoder_dim", "norm_pix_loss",
@@ -172,10 +171,6 @@ def notebook_parameters(tier: dict[str, Any], dataset: str, model: dict[str, Any
     }
 
 
-# Train fields that change how a run is executed, not what it computes.
-FREE_TRAIN_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard")
-
-
 def resolved_configs(parameters: dict[str, Any]) -> dict[str, Any]:
     """The configs a point's notebook will run with, validated as the notebook does, so that a
     bad sweep or tier fails here, before any kernel starts or run folder is made."""
@@ -202,7 +197,7 @@ def stale_keys(point: Point, record: dict[str, Any]) -> list[str]:
     for section, cls in (("model", MAEConfig), ("train", TrainConfig), ("eval", EvalConfig)):
         old = {**cls().to_dict(), **found.get(section, {})}
         for key in sorted(set(old) | set(now[section])):
-            if section == "train" and key in FREE_TRAIN_KEYS:
+            if section == "train" and key in EXECUTION_KEYS:
                 continue
             if old.get(key) != now[section].get(key):
                 diffs.append(f"{section}.{key}: run {old.get(key)!r}, now {now[section][key]!r}")
@@ -215,34 +210,26 @@ def stale_keys(point: Point, record: dict[str, Any]) -> list[str]:
 def run_sweep(
     sweep: str, tier: str, dataset: str | None = None, seeds: list[int] | None = None,
     results: Path | None = None, root: Path | None = None, log=print, rerun_stale: bool = False,
+    only: Path | None = None,
 ) -> int:
     """Execute every missing point with papermill; returns the number of failed points.
 
     A finished point whose recorded configs differ from what the sweep and tier resolve to now
     is refused by name (its differing keys listed) unless ``rerun_stale``, which moves its
     folder aside (``stale-seed<k>-<time>``) and runs it again. A point another process is
-    running (its folder locked) is left to that process.
+    running (its folder locked) is left to that process. ``only``: run just the point with this
+    run folder (what a cluster job does, see :mod:`mae.executors`).
     """
     import fcntl
 
     import papermill
 
     root = root or project_root()
-    points = sweep_points(root, sweep, tier, dataset, seeds, results)
+    points = [p for p in sweep_points(root, sweep, tier, dataset, seeds, results)
+              if only is None or p.run_dir == Path(only)]
     for point in points:  # every point's configs, before anything runs
         resolved_configs(point.parameters)
-    stale = {}
-    for point in points:
-        if (point.run_dir / "metrics.json").is_file():
-            diffs = stale_keys(point, json.loads((point.run_dir / "metrics.json").read_text()))
-            if diffs:
-                stale[point.run_dir] = diffs
-    if stale and not rerun_stale:
-        first, diffs = next(iter(stale.items()))
-        raise ConfigError(
-            f"{len(stale)} finished point(s) of {sweep} were run with other configs than "
-            f"{tier} resolves to now, e.g. {first}: {'; '.join(diffs[:4])}. Restore the old "
-            f"settings, or rerun those points with --rerun-stale (their folders are kept aside).")
+    stale = check_stale(points, sweep, tier, rerun_stale)
     failed = 0
     for i, point in enumerate(points, 1):
         head = f"[{i}/{len(points)}] {sweep} {point.label} seed {point.seed}"
@@ -297,33 +284,25 @@ def run_sweep(
     return failed
 
 
+def check_stale(points: list[Point], sweep: str, tier: str, rerun_stale: bool) -> dict:
+    """The finished points whose recorded configs differ from what they resolve to now, with the
+    differences; refused (ConfigError) unless ``rerun_stale``."""
+    stale = {}
+    for point in points:
+        if (point.run_dir / "metrics.json").is_file():
+            diffs = stale_keys(point, json.loads((point.run_dir / "metrics.json").read_text()))
+            if diffs:
+                stale[point.run_dir] = diffs
+    if stale and not rerun_stale:
+        first, diffs = next(iter(stale.items()))
+        raise ConfigError(
+            f"{len(stale)} finished point(s) of {sweep} were run with other configs than "
+            f"{tier} resolves to now, e.g. {first}: {'; '.join(diffs[:4])}. Restore the old "
+            f"settings, or rerun those points with --rerun-stale (their folders are kept aside).")
+    return stale
+
+
 def release(lock) -> None:
     """Drop a point's lock file (the run folder is committed; the lock is not part of it)."""
     Path(lock.name).unlink(missing_ok=True)
     lock.close()
-
-
-def pretrain_run(model_config: MAEConfig, train_config: TrainConfig, out_dir: Path,
-                 nproc: int = 1, dataset=None) -> PretrainResult:
-    """Pre-train in this process, or with ``torchrun --nproc_per_node=nproc`` (multi-GPU tiers),
-    which reads the configs from a file in ``out_dir``. Resumes from ``out_dir`` when it holds a
-    checkpoint."""
-    from .train import pretrain
-
-    if nproc <= 1:
-        return pretrain(model_config, train_config, out_dir, resume=True, progress=False,
-                        dataset=dataset)
-    import subprocess
-    import sys
-
-    from .checkpoint import load_pretrained
-
-    out_dir = Path(out_dir)
-    config_file = write_json_atomic(out_dir / "run_config.json", {
-        "model": model_config.to_dict(), "train": train_config.to_dict()})
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={nproc}", "-m", "mae", "pretrain", "--no-progress",
-                    "--resume", f"--config={config_file}", f"--out={out_dir}"], check=True)
-    model, _ = load_pretrained(out_dir)
-    return PretrainResult(model, json.loads((out_dir / "pretrain_metrics.json").read_text()),
-                          json.loads((out_dir / "history.json").read_text()))

@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of the random initialisation (that of pretrain --seed; "
                             "default 0)")
 
+    def slurm_flags(p, defaults: str):
+        g = p.add_argument_group(f"--executor slurm (defaults: {defaults})")
+        g.add_argument("--cluster", choices=("slurm", "local", "debug"),
+                       help="where submitit runs the jobs: slurm (default), or its local / debug "
+                            "stand-ins on this machine, to try a submission without SLURM")
+        g.add_argument("--wait", action="store_true",
+                       help="block until the jobs end and report them (always on local / debug)")
+        g.add_argument("--gpus-per-node", type=int, help="GPUs per node of a job")
+        g.add_argument("--cpus-per-task", type=int, help="CPU cores per task")
+        g.add_argument("--timeout-min", type=int,
+                       help="time limit of a job in minutes; a job past it is requeued and resumes")
+        g.add_argument("--partition", help="SLURM partition")
+        g.add_argument("--account", help="SLURM account")
+
     p = sub.add_parser("pretrain", help="pre-train an MAE; resumable",
                        description="Pre-train an MAE. Writes checkpoint.pt, history.csv/json and "
                                    "pretrain_metrics.json into --out.")
@@ -78,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (without it, a folder with a run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--executor", choices=("inline", "slurm"), default="inline",
+                   help="inline: in this process (or under torchrun) (default); slurm: one "
+                        "SLURM job of --nodes x --gpus-per-node tasks through submitit, one rank "
+                        "per GPU, requeued and resumed when preempted or out of time")
+    slurm_flags(p, "1 node, no GPU, 2 CPU cores per task, 60 min")
+    p.add_argument("--nodes", type=int, default=1, help="--executor slurm: nodes (default 1)")
+    p.add_argument("--tasks-per-node", type=int,
+                   help="--executor slurm: ranks per node (default: --gpus-per-node, or 1)")
     data_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -142,13 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun-stale", action="store_true",
                    help="rerun finished points whose recorded configs differ from the sweep and "
                         "tier now (without it they are refused by name); old folders are kept")
-    p.add_argument("--executor", choices=("inline", "local"), default="inline",
+    p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
                    help="inline: one point after another in this process (default); local: "
                         "--jobs worker processes on this machine share the points (each point's "
                         "folder lock keeps two from running it), each on its own GPU "
-                        "(CUDA_VISIBLE_DEVICES) or its share of the CPU cores")
+                        "(CUDA_VISIBLE_DEVICES) or its share of the CPU cores; slurm: one "
+                        "SLURM job per point and seed through submitit, as a job array, "
+                        "requeued and resumed when preempted or out of time")
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes for --executor local (default 1)")
+    slurm_flags(p, "the tier's slurm: entry in ablations/tiers.yaml")
+    p.add_argument("--array-parallelism", type=int,
+                   help="--executor slurm: most jobs of the array running at once (default 16)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="tables and figures from the run folders",

@@ -89,6 +89,19 @@ def cmd_pretrain(args) -> int:
     else:
         model_config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
         train_config = TrainConfig.from_dict(collect(args, TrainConfig))
+    flags = slurm_args(args, "tasks_per_node")
+    if args.executor == "slurm":
+        from .executors import submit_pretrain
+
+        metrics, _ = submit_pretrain(model_config, train_config, Path(args.out),
+                                     args.cluster or "slurm", args.wait or None, args.nodes,
+                                     resume=args.resume, overwrite=args.overwrite,
+                                     data_root=args.data_root, log=print, **flags)
+        if metrics is not None:
+            write_json(None, metrics)
+        return 0
+    if args.nodes != 1:
+        raise ConfigError("--nodes needs --executor slurm.")
     result = pretrain(model_config, train_config, args.out, resume=args.resume,
                       progress=not args.no_progress, data_root=args.data_root,
                       download=args.download, overwrite=args.overwrite,
@@ -224,18 +237,54 @@ def cmd_export(args) -> int:
     return 0
 
 
+def slurm_args(args, *more: str) -> dict:
+    """The job resource flags given (None: not given); refused without --executor slurm."""
+    flags = {k: getattr(args, k) for k in ("gpus_per_node", "cpus_per_task", "timeout_min",
+                                           "partition", "account", *more)}
+    if args.executor != "slurm" and (args.cluster or args.wait or any(
+            v is not None for v in flags.values())):
+        raise ConfigError("--cluster, --wait and the job resource flags (--gpus-per-node, "
+                          "--partition, ...) need --executor slurm.")
+    return flags
+
+
 def cmd_ablate(args) -> int:
     from .ablate import project_root, run_sweep, sweep_names
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
-    if args.executor == "inline" and args.jobs > 1:
-        raise ConfigError("--jobs needs --executor local (inline runs one point at a time).")
-    if args.executor == "local" and args.jobs > 1:
-        return run_local_jobs(args)
+    if args.executor != "local" and args.jobs > 1:
+        raise ConfigError(f"--jobs needs --executor local ({args.executor} runs "
+                          + ("one point at a time)." if args.executor == "inline" else
+                             "one job per point; --array-parallelism caps how many at once)."))
+    slurm_flags = slurm_args(args, "array_parallelism")
     root = project_root()
     sweeps = sweep_names(root) if args.sweep == "all" else [args.sweep]
     results = Path(args.results) if args.results else None
+    if args.executor == "slurm":
+        from .executors import submit_sweeps
+
+        if args.rerun_stale:
+            raise ConfigError("--rerun-stale moves folders aside: run it inline, then submit "
+                              "the rest with --executor slurm.")
+        failed, _ = submit_sweeps(sweeps, args.tier, args.dataset, args.seeds, results, root,
+                                  args.cluster or "slurm", args.wait or None,
+                                  log=lambda line: print(line, flush=True), **slurm_flags)
+        return 1 if failed else 0
+    if args.executor == "local" and args.jobs > 1:
+        from .executors import run_local_jobs
+
+        if args.rerun_stale:
+            raise ConfigError("--rerun-stale moves folders aside: run it with one job, then add "
+                              "--executor local --jobs N for the rest.")
+        argv = [sys.executable, "-m", "mae", "ablate", args.sweep, "--tier", args.tier]
+        if args.dataset:
+            argv += ["--dataset", args.dataset]
+        if args.seeds:
+            argv += ["--seeds", *map(str, args.seeds)]
+        if args.results:
+            argv += ["--results", args.results]
+        return run_local_jobs(argv, args.jobs)
     failed = 0
     prefix = f"[job {os.environ['MAE_ABLATE_JOB']}] " if "MAE_ABLATE_JOB" in os.environ else ""
     for sweep in sweeps:
@@ -243,40 +292,6 @@ def cmd_ablate(args) -> int:
                             log=lambda line: print(prefix + line, flush=True),
                             rerun_stale=args.rerun_stale)
     return 1 if failed else 0
-
-
-def run_local_jobs(args) -> int:
-    """``--executor local --jobs N``: N copies of this ablate command, each an inline runner.
-    They walk the same points; a point's folder lock lets only one of them run it, the others
-    go on to the next. Each worker gets its own GPU where there are N of them, else its share of
-    the CPU cores as its thread count. Exit status 1 if any worker had a failed point."""
-    import subprocess
-
-    import torch
-
-    if args.rerun_stale:
-        raise ConfigError("--rerun-stale moves folders aside: run it with one job, then add "
-                          "--executor local --jobs N for the rest.")
-    argv = [sys.executable, "-m", "mae", "ablate", args.sweep, "--tier", args.tier]
-    if args.dataset:
-        argv += ["--dataset", args.dataset]
-    if args.seeds:
-        argv += ["--seeds", *map(str, args.seeds)]
-    if args.results:
-        argv += ["--results", args.results]
-    gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    workers = []
-    for job in range(args.jobs):
-        env = {**os.environ, "MAE_ABLATE_JOB": str(job)}
-        if gpus >= args.jobs:
-            env["CUDA_VISIBLE_DEVICES"] = str(job)
-        else:
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        workers.append(subprocess.Popen(argv, env=env))
-    codes = [w.wait() for w in workers]
-    print(f"{args.jobs} local jobs finished, exit status {codes}", flush=True)
-    return 1 if any(codes) else 0
 
 
 def cmd_report(args) -> int:

@@ -16,6 +16,8 @@ from .config import ConfigBase, ConfigError, divisors, unknown_key_error
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTATIONS = ("rrc", "fixed", "none")
+# TrainConfig fields that change how a run is executed, not what it computes.
+EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard")
 
 
 def _f(default: Any, help: str, low: float | None = None, high: float | None = None,

@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
 from .config import ConfigError, MAEConfig, check_hides_a_patch
-from .recipe import TrainConfig
+from .recipe import EXECUTION_KEYS, TrainConfig
 from .augment import augment, crop_boxes, resize_batch
 from .data import ImageDataset, load_dataset
 from .hidden import HiddenPatchLoss
@@ -203,6 +203,8 @@ def pretrain(
             set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
             cpu_before = ckpt.get("cpu_time", 0.0)  # absent before CPU time was recorded
+            if info.main:
+                log(f"resuming {out} at step {start} of {stop}")
     # Training predicts the hidden patches only: the same loss and gradients as model(images).
     net = HiddenPatchLoss(model)
     if info.world > 1:
@@ -285,6 +287,7 @@ def pretrain(
     done = history[-steps_per_epoch:] if history else []
     metrics = {
         "steps": stop, "total_steps": total, "epochs": stop / steps_per_epoch,
+        "resumed_at_step": start,
         "final_loss": float(np.mean([h["loss"] for h in done])) if done else float("nan"),
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
         "cpu_time_s": cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],
@@ -310,7 +313,7 @@ def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], pa
 
 def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     """The recipe must match to resume; how far to run (max_steps) and checkpointing may change."""
-    free = {"max_steps", "checkpoint_every", "num_threads", "device", "compile", "tensorboard"}
+    free = {"max_steps", *EXECUTION_KEYS}
     check_config({k: v for k, v in found.items() if k not in free},
                  {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)",
                  defaults={k: v for k, v in TrainConfig().to_dict().items() if k not in free})

@@ -211,9 +211,10 @@ def test_the_spread_rule():
 
 
 @needs_cifar
-def test_local_executor_with_two_jobs_gives_the_inline_metrics(tmp_path):
+def test_local_and_submitit_executors_give_the_inline_metrics(tmp_path):
     """--executor local --jobs 2: two workers share a sweep's points through the folder locks;
-    every point runs once and the metrics are those of an inline run (same thread count)."""
+    --executor slurm --cluster local: one submitit job per point. Every point runs once and the
+    metrics are those of an inline run (same thread count)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     inline = ablate("decoder_depth", "--tier", "smoke", "--results", str(tmp_path / "a"), env=env)
     assert inline.returncode == 0, inline.stdout[-2000:] + inline.stderr[-2000:]
@@ -224,12 +225,22 @@ def test_local_executor_with_two_jobs_gives_the_inline_metrics(tmp_path):
     points = sweep_points(ROOT, "decoder_depth", "smoke", results=tmp_path / "b")
     assert len(ran) == len(points)  # each point run by exactly one of the two workers
     assert {line.split("]")[0] for line in ran} == {"[job 0", "[job 1"}  # both worked
+    jobs = ablate("decoder_depth", "--tier", "smoke", "--results", str(tmp_path / "c"),
+                  "--executor", "slurm", "--cluster", "local", "--array-parallelism", "2", env=env)
+    assert jobs.returncode == 0, jobs.stdout[-2000:] + jobs.stderr[-2000:]
+    assert jobs.stdout.count("submitted smoke/cifar10/") == len(points)
+    assert f"{len(points)} of {len(points)} jobs complete" in jobs.stdout
     for point in points:
-        b = json.loads((point.run_dir / "metrics.json").read_text())["metrics"]
         a_dir = tmp_path / "a" / point.run_dir.relative_to(tmp_path / "b")
         a = json.loads((a_dir / "metrics.json").read_text())["metrics"]
-        for key in ("probe_top1", "knn_top1", "pretrain_final_loss"):
-            assert a[key] == b[key], (point.name, key)
+        for other in ("b", "c"):
+            b_dir = tmp_path / other / point.run_dir.relative_to(tmp_path / "b")
+            b = json.loads((b_dir / "metrics.json").read_text())["metrics"]
+            for key in ("probe_top1", "knn_top1", "pretrain_final_loss"):
+                assert a[key] == b[key], (other, point.name, key)
+    again = ablate("decoder_depth", "--tier", "smoke", "--results", str(tmp_path / "c"),
+                   "--executor", "slurm", "--cluster", "local", env=env)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
 
 
 def test_jobs_without_the_local_executor_is_a_clear_error():

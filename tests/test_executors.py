@@ -1,0 +1,151 @@
+"""Sweep points as submitit jobs (mae.executors): the SLURM submission, requeue after a
+preemption signal, and the errors a user can make."""
+
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+import pytest
+
+from conftest import needs_cifar
+from mae import ConfigError
+from mae.executors import slurm_options, submit_sweeps
+from test_ablate import ROOT, ablate, project_copy
+
+submitit = pytest.importorskip("submitit")  # the dev extras install it; mae[cluster] for users
+
+
+def test_a_sweep_is_submitted_as_one_slurm_job_array(tmp_path, monkeypatch):
+    """Without a cluster: a stand-in sbatch records the array script submitit writes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho Submitted batch job 4242\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\n")  # submitit looks for srun to detect SLURM
+    for tool in bin_dir.iterdir():
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    lines = []
+    failed, jobs = submit_sweeps(["decoder_depth"], "gpu-quick", results=tmp_path / "results",
+                                 root=ROOT, partition="learnlab", account="mae",
+                                 array_parallelism=2, log=lines.append)
+    assert failed == 0 and [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2", "4242_3"]
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --partition=learnlab", "#SBATCH --account=mae",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --signal=USR2@"):
+        assert line in script, line
+    assert "submitted gpu-quick/cifar10/decoder_layers=1/seed0: job 4242_0" in lines[0]
+    assert "when they are done, `mae report`" in lines[-1]  # no waiting on a real cluster
+
+
+def test_job_resources_are_checked_before_anything_is_submitted():
+    with pytest.raises(ConfigError, match="trains each point on 8 GPUs.*--gpus-per-node 8"):
+        slurm_options({"name": "paper", "nproc": 8, "slurm": {"gpus_per_node": 8}},
+                      {"gpus_per_node": 4})
+    with pytest.raises(ConfigError, match="unknown slurm: key.*gpus"):
+        slurm_options({"name": "gpu", "slurm": {"gpus": 1}}, {})
+    with pytest.raises(ConfigError, match="--timeout-min must be at least 1"):
+        slurm_options({"name": "gpu"}, {"timeout_min": 0})
+    assert slurm_options({"name": "paper", "nproc": 8, "slurm": {"gpus_per_node": 8}},
+                         {"partition": "p"})["gpus_per_node"] == 8
+
+
+def test_executor_flags_in_the_wrong_place_are_clear_errors(monkeypatch):
+    for args, message in ((["--cluster", "local"], "need --executor slurm"),
+                          (["--partition", "x"], "need --executor slurm"),
+                          (["--executor", "slurm", "--jobs", "2"], "--array-parallelism caps")):
+        run = ablate("decoder_depth", "--tier", "smoke", *args)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    run = ablate("decoder_depth", "--tier", "smoke", "--executor", "slurm")
+    assert run.returncode == 2 and "no SLURM on this machine" in run.stderr
+    assert "--cluster local" in run.stderr
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if mae[cluster] were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'mae\[cluster\]'"):
+        submit_sweeps(["decoder_depth"], "smoke", root=ROOT)
+
+
+@needs_cifar
+def test_a_preempted_job_is_requeued_and_ends_with_the_uninterrupted_metrics(tmp_path,
+                                                                              monkeypatch):
+    """SIGUSR2 is what SLURM sends a job before preempting it or at its time limit (submitit
+    asks for it with --signal). The job stops its kernel mid-training and is requeued; the rerun
+    resumes from the run folder's checkpoint and ends with the metrics of an uninterrupted run."""
+    import psutil
+
+    root = project_copy(tmp_path)
+    tiers = root / "ablations" / "tiers.yaml"
+    text = tiers.read_text()
+    assert "train_subset: 512, epochs: 1," in text
+    tiers.write_text(text.replace("train_subset: 512, epochs: 1,",
+                                  "train_subset: 2048, epochs: 3,"))  # 48 steps, a checkpoint every 2
+    (root / "ablations" / "one.yaml").write_text(
+        "title: One point\nparameter: mask_ratio\nvalues: [0.75]\ntiers: [smoke]\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads for both runs
+    inline = ablate("one", "--tier", "smoke", "--results", str(tmp_path / "a"), cwd=root,
+                    env={**os.environ})
+    assert inline.returncode == 0, inline.stdout[-2000:] + inline.stderr[-2000:]
+
+    failed, (job,) = submit_sweeps(["one"], "smoke", results=tmp_path / "b", root=root,
+                                   cluster="local", wait=False, log=lambda line: None)
+    run_dir = tmp_path / "b" / "runs" / "smoke" / "cifar10" / "default" / "seed0"
+    deadline = time.time() + 300
+    while not (run_dir / "train" / "checkpoint.pt").is_file() and time.time() < deadline:
+        assert not job.done(), job.stderr()
+        time.sleep(0.05)
+    (task,) = psutil.Process(job._process.pid).children()  # the job, under submitit's controller
+    task.send_signal(signal.SIGUSR2)
+    assert job.result() == 0, job.stderr()
+    assert "this job is preempted" in job.stdout() and "Requeued job" in job.stdout()
+    assert (run_dir / "job.log").read_text().count("started on") == 2
+    trained = json.loads((run_dir / "train" / "pretrain_metrics.json").read_text())
+    assert 0 < trained["resumed_at_step"] < trained["steps"] == 48
+    a = json.loads((tmp_path / "a" / run_dir.relative_to(tmp_path / "b") / "metrics.json")
+                   .read_text())["metrics"]
+    b = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for key in ("probe_top1", "knn_top1", "pretrain_final_loss"):
+        assert a[key] == b[key], key
+
+
+@needs_cifar
+def test_the_debug_cluster_runs_a_job_in_this_process(tmp_path):
+    failed, (job,) = submit_sweeps(["random_init"], "smoke", seeds=[0], results=tmp_path,
+                                   root=ROOT, cluster="debug", log=lambda line: None)
+    run_dir = tmp_path / "runs" / "smoke" / "cifar10" / "random_init" / "seed0"
+    assert failed == 0 and job.job_id.startswith("DEBUG_")
+    assert json.loads((run_dir / "metrics.json").read_text())["pretrain"] is False
+    assert f"[job {job.job_id}] started on" in (run_dir / "job.log").read_text()
+
+
+@needs_cifar
+def test_a_pretraining_job_of_two_tasks_trains_as_one_process(tmp_path):
+    """mae pretrain --executor slurm: one task per rank, torch.distributed set up from the job's
+    environment by submitit (here 2 CPU tasks, gloo) == one process, as under torchrun."""
+    import subprocess
+
+    import torch
+
+    from mae.checkpoint import load_checkpoint
+    from test_train import cli, train_flags
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = train_flags(epochs=0.5, checkpoint_every=0)  # 4 steps
+    subprocess.run(cli(*flags, f"--out={tmp_path / 'single'}"), check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+    run = subprocess.run(cli(*flags, f"--out={tmp_path / 'job'}", "--executor", "slurm",
+                             "--cluster", "local", "--tasks-per-node", "2"),
+                         env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "submitted pre-training on 1 x 2 tasks" in run.stdout
+    assert json.loads(run.stdout[run.stdout.index("{"):])["world_size"] == 2
+    a = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "job" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-5)
+    again = subprocess.run(cli(*flags, f"--out={tmp_path / 'job'}", "--executor", "slurm",
+                               "--cluster", "local"), env=env, capture_output=True, text=True,
+                           cwd=ROOT)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
