@@ -8,6 +8,9 @@ with the differing keys named.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import pickle
 import zipfile
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .provenance import write_text_atomic
 
 FORMAT_VERSION = 1
 
@@ -133,3 +138,15 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     model = MAE(ckpt["config"]["model"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt["config"]
+
+
+def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """history.csv and history.json, each written atomically."""
+    if not history:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(out_dir / "history.csv", buf.getvalue())
+    write_text_atomic(out_dir / "history.json", json.dumps(history))

@@ -17,10 +17,11 @@ import torch
 
 from .config import unknown_key_error
 from .dataset import (
-    CIFAR_MEAN, CIFAR_STD, DATASETS, DataError, ImageDataset, cache_dir, data_root, download_with,
-    missing_error,
+    CIFAR_MEAN, CIFAR_STD, DATASETS, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset,
+    cache_dir, data_root, download_with, missing_error,
 )
-from .imagefolder import find_imagenette, load_image_folder
+from .imagefolder import find_imagenette, load_image_folder, train_classes
+from .streaming import FolderFiles, fits_in_memory, list_folder
 
 __all__ = ["DATASETS", "DataError", "ImageDataset", "cache_dir", "data_root", "load_dataset"]
 
@@ -98,8 +99,8 @@ def _load_cifar(name: str, split: str, root: Path, download: bool) -> ImageDatas
 # ----- public entry point ---------------------------------------------------------------------
 def load_dataset(
     name: str, split: str = "train", root: str | os.PathLike | None = None,
-    img_size: int | None = None, download: bool = False,
-) -> ImageDataset:
+    img_size: int | None = None, download: bool = False, loader: str = "memory",
+) -> ImageDataset | FolderFiles:
     """Load a dataset split into memory.
 
     Args:
@@ -110,6 +111,9 @@ def load_dataset(
         img_size: side of the stored images for image folders (default 128 for Imagenette,
             224 otherwise); CIFAR is always 32.
         download: fetch missing data (needs network).
+        loader: ``memory`` (decode once, hold in memory), ``stream`` (an image folder as a list
+            of files that `mae.streaming` reads as training goes), or ``auto`` (stream an image
+            folder whose decoded size exceeds half the free memory).
     """
     if split not in ("train", "test", "val"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test' ('val').")
@@ -118,11 +122,14 @@ def load_dataset(
         if img_size not in (None, 32):
             raise DataError(f"{name} images are 32x32; img_size={img_size} is not available. "
                             f"Use a 32-px model config (e.g. the micro or tiny preset).")
+        if loader == "stream":
+            raise DataError(f"{name} is held in memory (it is small); loader 'stream' is for "
+                            f"image folders: use loader memory or auto.")
         return _load_cifar(name, "train" if split == "train" else "test", base, download)
     folder_split = "train" if split == "train" else "val"
     if name == "imagenette":
-        return load_image_folder(name, folder_split, find_imagenette(base, download),
-                                  img_size or 128)
+        return _image_folder(name, folder_split, find_imagenette(base, download),
+                             img_size or 128, loader)
     if name.startswith("folder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         if folder_split == "val" and not (path / "val").is_dir() and (path / "test").is_dir():
@@ -132,5 +139,21 @@ def load_dataset(
             raise DataError(f"image folder {path} has no {missing.name}/ folder: a folder: "
                             f"dataset needs train/<class>/<image> and val/<class>/<image> (or "
                             f"test/<class>/<image>).")
-        return load_image_folder(name, folder_split, path, img_size or 224)
+        return _image_folder(name, folder_split, path, img_size or 224, loader)
     raise unknown_key_error(name, ["cifar10", "cifar100", "imagenette", "folder:"], "dataset")
+
+
+def _image_folder(name: str, split: str, source: Path, size: int, loader: str):
+    """In memory (decoded once, cached), or as files for the streaming loader."""
+    if loader != "memory":
+        if source.is_file():
+            if loader == "stream":
+                raise DataError(f"{source} is a tarball; the streaming loader reads a folder: "
+                                f"extract it, or use loader memory.")
+        else:
+            classes = train_classes(source)
+            files, labels = list_folder(source / split, classes)
+            if loader == "stream" or not fits_in_memory(len(files), size):
+                return FolderFiles(name, split, files, labels, classes, IMAGENET_MEAN,
+                                   IMAGENET_STD, size, str(source))
+    return load_image_folder(name, split, source, size)

@@ -58,6 +58,10 @@ class ImageDataset:
     def img_size(self) -> int:
         return self.images.shape[-1]
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
     def fingerprint(self) -> dict[str, Any]:
         """What a run's provenance records: name, split, size, shape and a sha256 of the data."""
         if self._fingerprint is None:

@@ -79,7 +79,7 @@ def _source_key(source: Path, split: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _train_classes(source: Path) -> list[str]:
+def train_classes(source: Path) -> list[str]:
     """The class names of the train split, sorted (ImageFolder's order): every split is labelled
     by this list, so that label i means the same class in train and val."""
     if source.is_file():
@@ -105,7 +105,7 @@ def load_image_folder(name: str, split: str, source: Path, size: int) -> ImageDa
             return _folder_dataset(name, split, blob, source)
         except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError):
             cached.unlink()  # a broken cache is rebuilt, never trusted
-    classes = _train_classes(source)
+    classes = train_classes(source)
     index = {c: i for i, c in enumerate(classes)}
     items = _iter_tar(source, split) if source.is_file() else _iter_folder(source / split)
     images, labels = [], []

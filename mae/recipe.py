@@ -17,7 +17,9 @@ from .config import ConfigBase, ConfigError, divisors, unknown_key_error
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTATIONS = ("rrc", "fixed", "none")
 # TrainConfig fields that change how a run is executed, not what it computes.
-EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard")
+EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard",
+                  "num_workers")
+LOADERS = ("auto", "memory", "stream")
 
 
 def _f(default: Any, help: str, low: float | None = None, high: float | None = None,
@@ -67,6 +69,11 @@ class TrainConfig(ConfigBase):
                                   "flip; none (Table 1e)")
     crop_min_scale: float = _f(0.2, "smallest crop area fraction of random-resized crop", 0, 1,
                                open_low=True)
+    loader: str = _f("auto", "memory: decode the set once and hold it (crops on the device); "
+                             "stream: worker processes read and crop each JPEG (image folders "
+                             "too big for memory); auto: stream an image folder whose decoded "
+                             "size exceeds half the free memory")
+    num_workers: int = _f(4, "worker processes of the streaming loader (0: in this process)", 0)
     seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (+ scaler)")
     compile: bool = _f(False, "torch.compile the model (pays on GPU, not on CPU)")
@@ -87,6 +94,8 @@ class TrainConfig(ConfigBase):
             raise unknown_key_error(self.precision, list(PRECISIONS), "precision")
         if self.augmentation not in AUGMENTATIONS:
             raise unknown_key_error(self.augmentation, list(AUGMENTATIONS), "augmentation")
+        if self.loader not in LOADERS:
+            raise unknown_key_error(self.loader, list(LOADERS), "loader")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 # Independent random streams derived from one seed.
-STREAM_INIT, STREAM_ORDER, STREAM_AUG, STREAM_PROBE, STREAM_FT = range(5)
+STREAM_INIT, STREAM_ORDER, STREAM_AUG, STREAM_PROBE, STREAM_FT, STREAM_CROP = range(6)
 
 
 def seed_for(seed: int, index: int, stream: int) -> int:

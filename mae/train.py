@@ -9,8 +9,6 @@ one process with the whole batch sees.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -24,11 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
+)
 from .config import ConfigError, MAEConfig, check_hides_a_patch
 from .recipe import EXECUTION_KEYS, TrainConfig
-from .augment import augment, crop_boxes, resize_batch
+from .augment import augment, crop_boxes, normalize, resize_batch
 from .data import ImageDataset, load_dataset
+from .streaming import FolderFiles, stream_batches
 from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
@@ -36,7 +37,6 @@ from .board import tensorboard_writer
 from .optim import lr_at, param_groups
 from .provenance import (
     CpuClock, check_writable, provenance, remove_stale_temporaries, write_json_atomic,
-    write_text_atomic,
 )
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
@@ -66,13 +66,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def draw_batch(
     data: ImageDataset, order: torch.Tensor, start: int, size: int, out_size: int,
     config: MAEConfig, tc: TrainConfig, step: int, info: Dist, part: int = 0,
+    streamed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and masking noise of optimizer step ``step``: the global batch [start, start + size)
     of the epoch's order, its crops, flips and masks all drawn whole from (seed, step); returned
     is this process's share of accumulation micro-batch ``part``. So accumulation and ranks see
-    exactly what one process with the whole batch sees."""
+    exactly what one process with the whole batch sees. ``streamed``: the share's images, already
+    read, cropped and flipped by the streaming loader's workers (`mae.streaming`)."""
     g = generator(tc.seed, step, STREAM_AUG)
-    H = data.images.shape[-1]
+    H = data.img_size
     if tc.augmentation == "rrc":
         boxes = crop_boxes(size, H, H, g, scale=(tc.crop_min_scale, 1.0))
     elif tc.augmentation == "fixed":  # a fixed-size crop (7/8 of the side) at a random place
@@ -87,6 +89,8 @@ def draw_batch(
     share = size // tc.accum_steps // info.world
     first = (part * info.world + info.rank) * share
     mine = slice(first, first + share)
+    if streamed is not None:
+        return normalize(streamed, data.mean, data.std), noise[mine].to(streamed.device)
     idx = order[start:start + size][mine].to(data.images.device)
     images = data.images[idx]
     if boxes is None:
@@ -94,19 +98,6 @@ def draw_batch(
     else:
         x = augment(images, out_size, boxes[mine], flips[mine], data.mean, data.std)
     return x, noise[mine].to(x.device)
-
-
-# ----- checkpoint state -----------------------------------------------------------------------
-def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
-    """history.csv and history.json, each written atomically."""
-    if not history:
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(out_dir / "history.csv", buf.getvalue())
-    write_text_atomic(out_dir / "history.json", json.dumps(history))
 
 
 # ----- the loop -------------------------------------------------------------------------------
@@ -160,11 +151,11 @@ def pretrain(
         )
     data = dataset if dataset is not None else load_dataset(
         tc.dataset, "train", data_root, img_size=None if tc.dataset.startswith("cifar") else
-        mc.img_size, download=download)
+        mc.img_size, download=download, loader=tc.loader)
     if tc.train_subset:
         data = data.subset(tc.train_subset)
-    if data.images.shape[1] != mc.in_chans:
-        raise ConfigError(f"{data.name} has {data.images.shape[1]} channels but in_chans is "
+    if data.channels != mc.in_chans:
+        raise ConfigError(f"{data.name} has {data.channels} channels but in_chans is "
                           f"{mc.in_chans}.")
     data = data.to(device)
     steps_per_epoch = len(data) // tc.batch_size
@@ -233,6 +224,11 @@ def pretrain(
                disable=not (progress and info.main), dynamic_ncols=True)
     t0, clock = time.perf_counter(), CpuClock()
     model.train()
+    stream = stream_batches(
+        data, lambda epoch: epoch_order(len(data), tc.seed, epoch), tc.batch_size, tc.accum_steps,
+        tc.seed, start, stop, steps_per_epoch, info.rank, info.world, tc.augmentation,
+        tc.crop_min_scale, tc.num_workers, device.type == "cuda",
+    ) if isinstance(data, FolderFiles) else None
     order, order_epoch = None, -1
     for step in range(start, stop):
         t_step = time.perf_counter()
@@ -244,8 +240,9 @@ def pretrain(
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for k in range(tc.accum_steps):
+            streamed = None if stream is None else next(stream).to(device, non_blocking=True)
             images, noise = draw_batch(data, order, within * tc.batch_size, tc.batch_size,
-                                       mc.img_size, mc, tc, step, info, part=k)
+                                       mc.img_size, mc, tc, step, info, k, streamed)
             last = k == tc.accum_steps - 1
             sync = net.no_sync() if info.world > 1 and not last else contextlib.nullcontext()
             with sync, autocast(device, amp):

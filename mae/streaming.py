@@ -1,0 +1,179 @@
+"""Streaming pre-training data, for image folders too big to hold decoded in memory.
+
+ImageNet-1K is 1.28 M images, about 190 GB decoded at 224 px: more than a host holds. Here the
+split is a list of files (`FolderFiles`); worker processes of a `torch.utils.data.DataLoader`
+read each JPEG, take its random-resized crop (area 0.2-1 of the original, torchvision's rule,
+resized with bicubic interpolation as the official transform does) and flip it, and the training
+loop gets uint8 batches at the model's size.
+
+Every draw is a function of (seed, step, slot in the global batch): the image is the epoch's
+order at that slot (the same order as in memory), and its crop and flip come from a generator
+seeded by (seed, step, slot). So a resumed run and each DDP rank see exactly what one
+uninterrupted process sees, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .augment import crop_boxes
+from .dataset import IMAGE_SUFFIXES, DataError, ImageDataset
+from .runtime import STREAM_CROP, generator
+
+
+@dataclass
+class FolderFiles:
+    """An image-folder split as files, decoded on demand: ``files[i]`` has label ``labels[i]``."""
+
+    name: str
+    split: str
+    files: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    img_size: int  # the side of the crops the loader returns
+    source: str = ""
+    _fingerprint: dict[str, Any] | None = field(default=None, repr=False)
+
+    channels = 3  # every image is converted to RGB
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Name, split, size, and a sha256 of every file's path, byte size and label (the
+        pixels are not read: that is the point of streaming)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for path, label in zip(self.files, self.labels.tolist()):
+                rel = os.path.relpath(path, self.source) if self.source else path
+                digest.update(f"{rel}|{os.path.getsize(path)}|{label}\n".encode())
+            self._fingerprint = dict(
+                name=self.name, split=self.split, num_images=len(self),
+                shape=[3, self.img_size, self.img_size], num_classes=self.num_classes,
+                sha256=digest.hexdigest()[:16], source=self.source, loader="stream")
+        return self._fingerprint
+
+    def to(self, device) -> FolderFiles:
+        return self  # nothing is held in memory
+
+    def decode(self) -> ImageDataset:
+        """These images in memory, as the in-memory loader holds them (shorter side resized to
+        img_size, centre crop): for evaluation, which reads every image once per pass."""
+        from .imagefolder import _decode
+
+        images = [_decode(Path(f).read_bytes(), self.img_size, f) for f in self.files]
+        return ImageDataset(self.name, self.split, torch.stack(images), self.labels,
+                            self.classes, self.mean, self.std, self.source)
+
+    def subset(self, n: int) -> FolderFiles:
+        """The first n files (in ImageFolder's order)."""
+        if not 0 < n <= len(self):
+            raise DataError(f"a subset of {n} images of {self.name} {self.split} cannot be taken: "
+                            f"it has {len(self)}; ask for 1 to {len(self)}.")
+        return FolderFiles(self.name, f"{self.split}[:{n}]", self.files[:n], self.labels[:n],
+                           self.classes, self.mean, self.std, self.img_size, self.source)
+
+
+def list_folder(folder: Path, classes: list[str]) -> tuple[list[str], torch.Tensor]:
+    """The image files of a split folder and their labels (indices into ``classes``), sorted."""
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if cls_dir.name not in index:
+            raise DataError(f"class {cls_dir.name!r} of {folder} is not a class of the train "
+                            f"split: labels would not match. Add it to train/ or remove it.")
+        for file in sorted(cls_dir.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(file))
+                labels.append(index[cls_dir.name])
+    if not files:
+        raise DataError(f"no images found in {folder}: expected <class>/<image> inside it.")
+    return files, torch.tensor(labels)
+
+
+def fits_in_memory(num_images: int, size: int, share: float = 0.5) -> bool:
+    """Whether the split decoded at ``size`` px (uint8) takes less than ``share`` of the memory
+    available now: what ``loader='auto'`` decides by."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: assume 16 GB
+        available = 16 << 30
+    return num_images * 3 * size * size < share * available
+
+
+class _Crops(torch.utils.data.Dataset):
+    """Sample (index, step, slot) -> the crop of image ``index`` drawn for that slot of that step."""
+
+    def __init__(self, data: FolderFiles, seed: int, augmentation: str, min_scale: float):
+        self.data, self.seed, self.augmentation, self.min_scale = data, seed, augmentation, min_scale
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms.v2.functional import InterpolationMode, center_crop, resize
+
+        index, step, slot = key
+        path, size = self.data.files[index], self.data.img_size
+        try:
+            with Image.open(path) as pil:
+                array = np.asarray(pil.convert("RGB"))  # greyscale and CMYK images become RGB
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"cannot decode image {path} ({e}): the file is corrupted; delete "
+                            f"or replace it.") from None
+        img = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, h, w) uint8
+        g = generator(self.seed, step * 2**16 + slot, STREAM_CROP)
+        if self.augmentation == "rrc":
+            top, left, h, w = (int(v) for v in crop_boxes(1, img.shape[1], img.shape[2], g,
+                                                         scale=(self.min_scale, 1.0))[0])
+            img = resize(img[:, top:top + h, left:left + w], [size, size],
+                         interpolation=InterpolationMode.BICUBIC, antialias=True)
+        else:  # "none": the evaluation view (shorter side to size, centre crop)
+            img = center_crop(resize(img, [size], antialias=True), [size, size])
+        if self.augmentation == "rrc" and torch.rand(1, generator=g).item() < 0.5:
+            img = img.flip(-1)
+        return img
+
+
+def stream_batches(data: FolderFiles, orders, batch_size: int, accum_steps: int, seed: int,
+                   start: int, stop: int, steps_per_epoch: int, rank: int, world: int,
+                   augmentation: str = "rrc", min_scale: float = 0.2, workers: int = 0,
+                   pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """This rank's uint8 micro-batches (share, 3, S, S) for steps [start, stop), each accumulation
+    part in turn, decoded ahead by ``workers`` processes. ``orders(epoch)`` is the epoch's order
+    of the images (`mae.train.epoch_order`)."""
+    if augmentation not in ("rrc", "none"):
+        raise DataError(f"the streaming loader crops with rrc or none, not {augmentation!r}: "
+                        f"use augmentation rrc or none, or loader memory.")
+    share = batch_size // accum_steps // world
+
+    def keys():
+        epoch_seen, order = -1, None
+        for step in range(start, stop):
+            epoch, within = divmod(step, steps_per_epoch)
+            if epoch != epoch_seen:
+                epoch_seen, order = epoch, orders(epoch)
+            for part in range(accum_steps):
+                first = within * batch_size + (part * world + rank) * share
+                yield [(int(order[first + j]), step, first + j - within * batch_size)
+                       for j in range(share)]
+
+    loader = torch.utils.data.DataLoader(
+        _Crops(data, seed, augmentation, min_scale), batch_sampler=keys(), num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        persistent_workers=False)
+    return iter(loader)
