@@ -172,7 +172,8 @@ def executor_for(folder: Path, cluster: str, name: str, options: dict[str, Any],
     if cluster not in CLUSTERS:
         raise ConfigError(f"--cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}.")
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        executor = submitit.AutoExecutor(  # a job past its time limit is requeued up to 20 times
+            folder=folder, cluster=cluster, slurm_max_num_timeout=20, local_max_num_timeout=20)
     except RuntimeError as e:  # submitit's check for srun
         raise ConfigError(f"no SLURM on this machine ({e}): submit from a login node of the "
                           f"cluster, or try the jobs here with --cluster local.") from None
