@@ -74,6 +74,12 @@ class FolderFiles:
         img_size, centre crop): for evaluation, which reads every image once per pass."""
         from .imagefolder import _decode
 
+        if not fits_in_memory(len(self), self.img_size):
+            need = len(self) * 3 * self.img_size ** 2 / 2**30
+            raise DataError(f"{len(self)} images of {self.name} {self.split} at {self.img_size} px "
+                            f"take {need:.1f} GiB decoded, more than half the free memory, and "
+                            f"evaluation holds them in memory: evaluate on fewer (a tier's "
+                            f"eval_train_subset, --train-subset) or on a larger host.")
         images = [_decode(Path(f).read_bytes(), self.img_size, f) for f in self.files]
         return ImageDataset(self.name, self.split, torch.stack(images), self.labels,
                             self.classes, self.mean, self.std, self.source)

@@ -66,9 +66,12 @@ def test_every_crop_is_a_function_of_seed_step_and_slot(jpeg_folder):
 def test_the_loader_is_chosen_by_decoded_size(jpeg_folder, monkeypatch):
     name = f"folder:{jpeg_folder}"
     assert isinstance(load_dataset(name, "train", img_size=32, loader="auto"), ImageDataset)
-    monkeypatch.setattr("mae.data.fits_in_memory", lambda n, size: False)  # as if ImageNet-1K
+    for where in ("mae.data", "mae.streaming"):  # as if it were ImageNet-1K
+        monkeypatch.setattr(f"{where}.fits_in_memory", lambda n, size: False)
     streamed = load_dataset(name, "val", img_size=32, loader="auto")
     assert isinstance(streamed, FolderFiles) and len(streamed) == 12
+    with pytest.raises(DataError, match="evaluation holds them in memory: evaluate on fewer"):
+        streamed.decode()
     with pytest.raises(DataError, match="loader 'stream' is for image folders"):
         load_dataset("cifar10", "train", loader="stream")
 
