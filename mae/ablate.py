@@ -222,7 +222,11 @@ def run_sweep(
     """
     import fcntl
 
-    import papermill
+    try:
+        import papermill
+    except ImportError:
+        raise ConfigError("mae ablate runs its notebooks with papermill, which is not installed: "
+                          "pip install 'mae[book]' (make install does).") from None
 
     root = root or project_root()
     points = [p for p in sweep_points(root, sweep, tier, dataset, seeds, results)

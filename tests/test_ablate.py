@@ -247,3 +247,12 @@ def test_jobs_without_the_local_executor_is_a_clear_error():
     run = ablate("decoder_depth", "--tier", "smoke", "--jobs", "2")
     assert run.returncode == 2 and "--jobs needs --executor local" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_without_papermill_the_runner_says_what_to_install(monkeypatch):
+    from mae.ablate import run_sweep
+
+    monkeypatch.setitem(sys.modules, "papermill", None)  # as in an environment without mae[book]
+    with pytest.raises(ConfigError, match=r"papermill, which is not installed: .*'mae\[book\]'"):
+        run_sweep("random_init", "smoke")
+
