@@ -48,9 +48,10 @@ book: install  ## build the HTML book into _build/html (warnings are errors; EXE
 
 SWEEPS ?= mask_ratio decoder_depth
 TIER ?= cpu
-ablations: install  ## run the sweeps $(SWEEPS) at tier $(TIER) with papermill (resumable)
+ABLATE_ARGS ?=
+ablations: install  ## run the sweeps $(SWEEPS) at tier $(TIER) with papermill (resumable; ABLATE_ARGS="--executor slurm ...")
 	@status=0; for sweep in $(SWEEPS); do \
-		$(BIN)/python -m mae ablate $$sweep --tier $(TIER) || status=1; done; exit $$status
+		$(BIN)/python -m mae ablate $$sweep --tier $(TIER) $(ABLATE_ARGS) || status=1; done; exit $$status
 
 report: install  ## regenerate results/tables and results/figures from results/runs
 	$(BIN)/python -m mae report
