@@ -103,31 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     data_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
-    for name, text in (("probe", "linear probe (BatchNorm without affine + linear) on frozen "
-                                 "features"),
-                       ("knn", "weighted kNN classifier on frozen features"),
-                       ("frozen", "linear probe and kNN on the same frozen features (extracted "
-                                  "once)")):
+    frozen_help = "dataset (default: the one it was pre-trained on)"
+    for name, text, dataset_help, func in (
+            ("probe", "linear probe (BatchNorm without affine + linear) on frozen features",
+             frozen_help, cmd_frozen),
+            ("knn", "weighted kNN classifier on frozen features", frozen_help, cmd_frozen),
+            ("frozen", "linear probe and kNN on the same frozen features (extracted once)",
+             frozen_help, cmd_frozen),
+            ("finetune", "fine-tune the encoder end to end (from a checkpoint or random init)",
+             "dataset (default: the pre-training one, or cifar10)", cmd_finetune)):
         p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
         init_flags(p)
-        p.add_argument("--dataset", help="dataset (default: the one it was pre-trained on)")
+        p.add_argument("--dataset", help=dataset_help)
         subset_flags(p)
         add_dataclass_flags(p, EvalConfig, "evaluation")
         p.add_argument("--out", help="also write the metrics JSON here")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         data_flags(p)
-        p.set_defaults(func=cmd_frozen)
-
-    p = sub.add_parser("finetune", help="fine-tune end to end (from a checkpoint or random init)",
-                       description="Fine-tune the encoder end to end and report test top-1.")
-    init_flags(p)
-    p.add_argument("--dataset", help="dataset (default: the pre-training one, or cifar10)")
-    subset_flags(p)
-    add_dataclass_flags(p, EvalConfig, "evaluation")
-    p.add_argument("--out", help="also write the metrics JSON here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    data_flags(p)
-    p.set_defaults(func=cmd_finetune)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("visualize", help="draw reconstructions of test images to a PNG",
                        description="Draw original / masked / reconstruction for test images.")
@@ -140,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default: the pre-training one)")
     data_flags(p)
     p.set_defaults(func=cmd_visualize)
+
     p = sub.add_parser("export", help="a pre-training run's weights as a small file to share",
                        description="Write the weights, configs and data fingerprint of a "
                                    "pre-training run (no optimizer state) to --out, and its record "
