@@ -101,6 +101,13 @@ def test_a_sweep_on_imagenette(tmp_path):
     record = json.loads(metrics[0].read_text())
     assert record["data"]["train"]["name"] == "imagenette"
     assert record["data"]["train"]["num_classes"] == 10
+    report = subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    tables = results / "tables"
+    assert (tables / "target-smoke-imagenette.md").is_file()
+    # The shared default point alone does not make a table for the sweeps that did not run there.
+    assert not (tables / "mask_ratio-smoke-imagenette.md").exists()
 
 
 def test_killed_sweep_reruns_only_missing_points(tmp_path):
