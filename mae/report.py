@@ -279,7 +279,14 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
         twin = ax.twinx()
         twin.plot([p[0] for p in paper], [p[1] for p in paper], "k--", marker="x",
                   label="paper linear probe (ImageNet, ViT-L)")
-        twin.set_ylabel("paper: ImageNet top-1 (%)")
+        # Both axes span the same number of points, so equal slopes are equal differences
+        # (a free twin axis would stretch the paper's 0.4-point target gap over the figure).
+        lo, hi = ax.get_ylim()
+        p_lo, p_hi = min(p[1] for p in paper), max(p[1] for p in paper)
+        span = max(hi - lo, 1.1 * (p_hi - p_lo))
+        ax.set_ylim((lo + hi - span) / 2, (lo + hi + span) / 2)
+        twin.set_ylim((p_lo + p_hi - span) / 2, (p_lo + p_hi + span) / 2)
+        twin.set_ylabel("paper: ImageNet top-1 (%), same scale")
     handles, labels = ax.get_legend_handles_labels()
     if paper:
         more = twin.get_legend_handles_labels()
