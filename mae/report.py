@@ -70,8 +70,7 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
             for dataset in sorted({r.split("/")[2] for r in runs}):
                 rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results, log)
                 # A sweep gets a table where one of its own points ran, not only the shared ones.
-                own = [r for r in rows if sweep == "random_init" or r["point"] != "default"]
-                if not any(r["seeds"] for r in own):
+                if not any(r["seeds"] for r in rows if r["point"] != "default"):
                     continue
                 if sweep != "random_init" and "random_init" in sweep_names(root):
                     base, base_runs = _sweep_rows(root, "random_init", tier, dataset, runs,
