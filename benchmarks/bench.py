@@ -20,6 +20,8 @@ Sections, all in this one process (peak memory on CPU comes from short child pro
 4. encoder on visible patches only vs with mask tokens, at a ViT-L shape with depths / 4.
 5. data pipeline (gather + batched crop / flip / resize + masks) against the train steps.
 6. peak memory per configuration and implementation.
+7. the matmul ceiling of our step at each shape: its own matrix products, captured at their
+   shapes and replayed alone (ceiling.py), as a share of section 1's peak.
 
 Writes ``results/benchmarks/<device>.csv`` and ``.md`` (machine, versions, date) and prints the
 ratios (ours / peer) last; ``--smoke`` writes ``<device>-smoke.*`` to a temporary folder unless
@@ -27,7 +29,8 @@ ratios (ours / peer) last; ``--smoke`` writes ``<device>-smoke.*`` to a temporar
 (``pip install -e ".[dev]"`` installs both).
 
 The code: common.py (shapes, models, the timed step, interleaving, statistics), probes.py (the
-measurements), report.py (header, ratio lines, tables), this file (the command line).
+measurements), ceiling.py (section 7), report.py (header, ratio lines, tables), this file (the
+command line).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMPLS, SHAPES, VITL, available, shape_config  # noqa: E402
+from ceiling import ceiling  # noqa: E402
+from common import IMPLS, SHAPES, VITL, Stepper, available, shape_config  # noqa: E402
 from mae.runtime import autocast_dtype, pick_device  # noqa: E402
 from probes import (  # noqa: E402
     PeakProbe, compare, mask_token_speedup, matmul_peak, memory_child, peak_memory, pipeline_rate,
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile the step's forward (both: measure with and without)")
     p.add_argument("--no-speedup", action="store_true", help="skip the ViT-L mask-token section")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory section")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the matmul-ceiling section")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for <device>.csv and .md (default: results/benchmarks; with "
                         f"--smoke {SMOKE_OUT})")
@@ -125,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['impl']:<24} {r['params']:>12,} params  {r['images_per_s']:9.1f} "
                   f"images/s +/- {r['spread']:.1f}  {r['pct_of_peak']:5.1f}% of peak")
         rows += got
+        if not args.no_ceiling and "mae" in impls:
+            c = ceiling(Stepper("mae", config, batch, device, amp), name, peak_dtype,
+                        1 if args.smoke else 3, 1 if args.smoke else 5, probe)
+            print(f"  matmul ceiling: {c['achieved_gflops']:.1f} GFLOP/s = "
+                  f"{c['pct_of_peak']:.1f}% of peak ({c['calls']} products, {c['products']} shapes)")
+            rows.append(c)
 
     if not args.no_speedup:
         batch = args.batch or VITL.batch(device, args.smoke)

@@ -104,6 +104,11 @@ def ratio_lines(rows: list[dict], shapes: list[str], impls: list[str],
             ratios.append(f"{name}: achieved {r['achieved_gflops']:.1f} GFLOP/s = "
                           f"{r['pct_of_peak']:.1f}% of the matmul rate measured between its steps "
                           f"({r['peak_gflops']:.0f} GFLOP/s)")
+        c = by.get(("matmul_ceiling", name, "mae"))
+        if r and c:
+            ratios.append(f"{name}: its own matmuls alone run at {c['achieved_gflops']:.1f} GFLOP/s "
+                          f"= {c['pct_of_peak']:.1f}% of the matmul rate (the ceiling); the step "
+                          f"reaches {100 * r['achieved_gflops'] / c['achieved_gflops']:.1f}% of it")
     vis, tok = by.get(("encoder_variant", VITL.name, "mae visible-only")), \
         by.get(("encoder_variant", VITL.name, "mae mask tokens"))
     if vis and tok:
@@ -162,7 +167,10 @@ with `mae`. GFLOP/image are analytic, for the architecture the row builds (`mae.
 a step = 3 forward passes, counted as mae's training step runs them: the decoder's last
 block and pixel head on hidden patches only, its first block's mask-token projection
 once per batch); % of peak compares the achieved rate with the median rate of a matmul
-of the peak's size timed between the rounds of the same steps. Peak MiB: on CPU, the resident memory
+of the peak's size timed between the rounds of the same steps. A matmul_ceiling row is
+mae's step reduced to its own matrix products (captured at their shapes and strides,
+attention's as batched matmuls, replayed alone; GFLOP/image as captured): the most a
+step of this shape could reach if everything else took no time. Peak MiB: on CPU, the resident memory
 that two train steps add in a fresh process beyond the model and the batch
 (activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
 """.splitlines() + [""]

@@ -27,7 +27,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     (md,) = tmp_path.glob("*-smoke.md")
     rows = list(csv.DictReader(md.with_suffix(".csv").open()))
     sections = {r["section"] for r in rows}
-    assert {"matmul_peak", "train_step", "encoder_variant"} <= sections
+    assert {"matmul_peak", "train_step", "encoder_variant", "matmul_ceiling"} <= sections
     if os.environ.get("MAE_DATA"):
         assert "data_pipeline" in sections
     impls = {(r["shape"], r["impl"]) for r in rows if r["section"] == "train_step"}
@@ -37,6 +37,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     text = md.read_text()
     assert "## Ratios" in text and "mae / transformers" in text
     assert "mae no-CLS / vit-pytorch" in text and "mae / vit-pytorch" in text
+    assert "its own matmuls alone run at" in text
     assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
 
 
@@ -108,3 +109,20 @@ def test_speedups_smoke_run_writes_its_table(tmp_path):
         # in one shared process, and each in its own
         assert text.count(f"| micro | {variant} |") == 2
     assert "Each variant in a process of its own" in text
+
+
+def test_ceiling_captures_every_product_of_a_step():
+    """The products captured from one train step carry the FLOPs mae.flops counts analytically
+    (linears, and attention's as batched matmuls), forward and backward."""
+    common, ceiling = load("common"), load("ceiling")
+    import torch
+    from mae.flops import mae_flops
+
+    for overrides in ({}, {"encoder_mask_tokens": True}, {"cls_token": False}):
+        config = common.shape_config("micro", smoke=False, **overrides)
+        stepper = common.Stepper("mae", config, 4, torch.device("cpu"), None)
+        products = ceiling.capture(stepper)
+        captured = sum(ceiling.flops(p) * n for p, n in products.items())
+        analytic = mae_flops(config)["train_step"] * 4
+        assert abs(captured / analytic - 1) < 0.01, (overrides, captured, analytic)
+        assert {p[0] for p in products} == {"mm", "bmm"}
