@@ -132,5 +132,5 @@ def ceiling(stepper: Stepper, shape: str, dtype: torch.dtype, rounds: int, repea
     return dict(section="matmul_ceiling", shape=shape, impl=stepper.impl, batch=stepper.batch,
                 step_gflop_per_image=total / stepper.batch / 1e9, achieved_gflops=rate,
                 peak_gflops=peak, pct_of_peak=100 * rate / peak,
-                spread=(max(rates) - min(rates)) / 2, products=len(products),
+                gflops_spread=(max(rates) - min(rates)) / 2, products=len(products),
                 calls=sum(products.values()))
