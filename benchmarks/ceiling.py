@@ -1,7 +1,7 @@
 """The matmul ceiling of a train step: the rate a step made of nothing but its own matrix
 products would reach.
 
-`% of peak` in the train-step table compares a step with one large square matmul (2048^3 on
+`% of peak` in the train-step table compares a step with one large square matmul (1024^3 or 2048^3 on
 CPU). A step's products are smaller and thinner (K = 128-768 on the benchmarked shapes), and the
 BLAS kernels do not run them at the square matmul's rate. This section captures every product
 one `mae` train step runs, at its own shapes and strides (aten ``mm`` / ``addmm`` / ``bmm``, and
