@@ -1,46 +1,44 @@
 """The matmul ceiling of a train step: the rate a step made of nothing but its own matrix
 products would reach.
 
-`% of peak` in the train-step table compares a step with one large square matmul (1024^3 or 2048^3 on
-CPU). A step's products are smaller and thinner (K = 128-768 on the benchmarked shapes), and the
-BLAS kernels do not run them at the square matmul's rate. This section captures every product
-one `mae` train step runs, at its own shapes and strides (aten ``mm`` / ``addmm`` / ``bmm``, and
-the attention kernel's four forward and backward batched products per call), replays each alone
-on fresh tensors, and divides their FLOPs by their summed time: the ceiling. The share of the
-peak that a step can reach is below the ceiling's share by the time the step spends outside
-matmuls (softmax, GELU, LayerNorm, copies, the optimizer).
+`% of peak` in the train-step table compares a step with one large square matmul (1024^3 or
+2048^3 on CPU). A step's products are smaller and thinner (K = 128-768 on the benchmarked
+shapes), and the BLAS kernels do not run them at the square matmul's rate. This section
+captures every product one `mae` train step runs, at its own shapes and strides (aten ``mm`` /
+``addmm`` / ``bmm``, and the attention kernel's two forward and four backward batched products
+per call), replays each alone on fresh tensors, and divides their FLOPs by their summed time:
+the ceiling. The share of the peak that a step can reach is below the ceiling's share by the
+time the step spends outside matmuls (softmax, GELU, LayerNorm, copies, the optimizer).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import Stepper, sync
+from common import Stepper, median_seconds
 
 aten = torch.ops.aten
-_SDPA = {getattr(aten, n) for n in ("_scaled_dot_product_flash_attention_for_cpu",
-                                    "_scaled_dot_product_flash_attention",
-                                    "_scaled_dot_product_efficient_attention",
-                                    "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)}
-_SDPA_BACKWARD = {getattr(aten, n + "_backward") for n in (
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
-    if hasattr(aten, n + "_backward")}
+# The fused attention kernels (CPU flash; CUDA flash, memory-efficient, cuDNN) and their backwards.
+_KERNELS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+_SDPA = {getattr(aten, n) for n in _KERNELS if hasattr(aten, n)}
+_SDPA_BACKWARD = {getattr(aten, f"{n}_backward") for n in _KERNELS
+                  if hasattr(aten, f"{n}_backward")}
 
 # One product: (op, shape and strides of each operand); op is "mm" or "bmm".
-Product = tuple[str, tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
+Operand = tuple[tuple[int, ...], tuple[int, ...]]
+Product = tuple[str, Operand, Operand]
 
 
-def _operand(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _operand(t: torch.Tensor) -> Operand:
     return tuple(t.shape), tuple(t.stride())
 
 
-def _contiguous(*shape: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _contiguous(*shape: int) -> Operand:
     return _operand(torch.empty(shape, device="meta"))
 
 
@@ -50,6 +48,7 @@ def _attention_products(q: torch.Tensor, k: torch.Tensor, backward: bool) -> lis
     dk = ds^T q), as contiguous (B h)-batched matmuls."""
     B, h, N, d = q.shape
     M, b = k.shape[2], B * h
+
     def bmm(m, kk, n):
         return ("bmm", _contiguous(b, m, kk), _contiguous(b, kk, n))
     if not backward:
@@ -106,15 +105,7 @@ def replay_time(products: Counter[Product], device: torch.device, dtype: torch.d
     for p, count in products.items():
         a, b = _tensor(p[1], device, dtype), _tensor(p[2], device, dtype)
         op = torch.mm if p[0] == "mm" else torch.bmm
-        op(a, b)
-        times = []
-        for _ in range(repeats):
-            sync(device)
-            t = time.perf_counter()
-            op(a, b)
-            sync(device)
-            times.append(time.perf_counter() - t)
-        total += count * statistics.median(times)
+        total += count * median_seconds(lambda: op(a, b), repeats, device)
     return total
 
 

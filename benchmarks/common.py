@@ -164,6 +164,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The median wall time of ``fn()`` over ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 # ----------------------------------------------------------------------------- timing
 def median_spread(values: list[float]) -> tuple[float, float]:
     """The median and half the interquartile range (half the range below four values)."""

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from common import ARCH, NO_CLS, SMOKE, Shape, Stepper, interleave, shape_config, summary, sync
+from common import (
+    ARCH, NO_CLS, SMOKE, Shape, Stepper, interleave, median_seconds, shape_config, summary, sync,
+)
 from mae import MAEConfig
 from mae.flops import mae_flops
 
@@ -26,15 +28,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: list[int], repe
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            sync(device)
-            t = time.perf_counter()
-            a @ b
-            sync(device)
-            times.append(time.perf_counter() - t)
-        rate = 2 * n**3 / statistics.median(times) / 1e9
+        rate = 2 * n**3 / median_seconds(lambda: a @ b, repeats, device) / 1e9
         if rate > best["gflops"]:
             best = {"gflops": rate, "size": n}
     return best
