@@ -53,11 +53,13 @@ def crop_boxes(
 
 def augment(
     images: torch.Tensor, out_size: int, boxes: torch.Tensor, flips: torch.Tensor,
-    mean, std,
+    mean, std, mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Crop each image to its box, resize to out_size (bilinear), flip where asked, normalise.
+    """Crop each image to its box, resize to out_size, flip where asked, normalise.
 
-    One affine `grid_sample` for the whole batch, on the images' device.
+    One affine `grid_sample` for the whole batch, on the images' device. ``mode``: bilinear,
+    or bicubic (as the official fine-tuning's transform), whose overshoot is clipped to the
+    [0, 1] pixel range before normalising, as a uint8 image would be.
     images: (B, C, H, W) uint8; boxes: (B, 4) top, left, h, w; flips: (B,) bool.
     Returns (B, C, out_size, out_size) float32.
     """
@@ -71,6 +73,10 @@ def augment(
     zero = torch.zeros_like(sx)
     theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
     grid = F.affine_grid(theta, [B, C, out_size, out_size], align_corners=False)  # (B, S, S, 2)
+    if mode == "bicubic":
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = F.grid_sample(x, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+        return normalize(x.clamp_(0, 1), mean, std)
     x = normalize(images, mean, std)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 

@@ -14,7 +14,7 @@ from .commands import (
     cmd_ablate, cmd_export, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
 )
 from .config import PRESETS, ConfigError
-from .recipe import EvalConfig, TrainConfig
+from .recipe import PRECISIONS, EvalConfig, TrainConfig
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, help="mask ratio (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="which images and masks (default: 0)")
     p.add_argument("--dataset", help="dataset (default: the pre-training one)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast: auto (the policy of pretrain), fp32, bf16 or fp16")
     data_flags(p)
     p.set_defaults(func=cmd_visualize)
 

@@ -149,16 +149,34 @@ def trained_for(args) -> dict[str, Any]:
             "pretrain_epochs": round(ckpt["step"] / per_epoch, 3) if per_epoch else None}
 
 
+def placed(model, device_name: str, precision: str):
+    """The model moved to its device (auto: CUDA when present), and the autocast dtype the
+    precision policy gives it there (`mae.runtime.autocast_dtype`)."""
+    from .runtime import autocast_dtype, pick_device
+
+    device = pick_device(device_name)
+    return model.to(device), device, autocast_dtype(precision, device, model.config.encoder_dim)
+
+
+def where(device, amp) -> dict[str, str]:
+    """What an evaluation records of where and how it ran."""
+    from .runtime import precision_name
+
+    return {"device": str(device), "precision": precision_name(amp)}
+
+
 def cmd_frozen(args) -> int:
     from .evaluate import extract_features, knn_classify, linear_probe
 
     model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    model, device, amp = placed(model, ec.device, ec.precision)
     clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), model.config.img_size)
-    tr = extract_features(model, train, ec.features, ec.batch_size,
+    tr = extract_features(model, train, ec.features, ec.batch_size, amp,
                           progress=not args.no_progress)
-    te = extract_features(model, test, ec.features, ec.batch_size, progress=not args.no_progress)
+    te = extract_features(model, test, ec.features, ec.batch_size, amp,
+                          progress=not args.no_progress)
     metrics = {}
     if args.command in ("probe", "frozen"):
         metrics.update(linear_probe(tr, te, train.num_classes, ec))
@@ -166,24 +184,26 @@ def cmd_frozen(args) -> int:
         metrics.update(knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature))
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": model.config.to_dict(), "eval": ec.to_dict(),
-                          "data": train.fingerprint(), **trained_for(args),
-                          "time": clock.elapsed(), "provenance": provenance()})
+                          "data": train.fingerprint(), **trained_for(args), **where(device, amp),
+                          "time": clock.elapsed(), "provenance": provenance(str(device))})
     return 0
 
 
 def cmd_finetune(args) -> int:
     from .evaluate import finetune
+    from .runtime import pick_device
 
     model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
     config, state = model.config, model.encoder.state_dict()
+    device = pick_device(ec.device)
     clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), config.img_size)
-    metrics = finetune(config, train, test, state, ec, progress=not args.no_progress)
+    metrics = finetune(config, train, test, state, ec, device, progress=not args.no_progress)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": config.to_dict(), "eval": ec.to_dict(),
                           "data": train.fingerprint(), **trained_for(args),
-                          "time": clock.elapsed(), "provenance": provenance()})
+                          "time": clock.elapsed(), "provenance": provenance(str(device))})
     return 0
 
 
@@ -202,12 +222,16 @@ def cmd_visualize(args) -> int:
     if args.num < 1:
         raise ConfigError(f"--num must be at least 1 (images to draw), got {args.num}.")
     check_writable(out.parent, "--out folder")
+    from .runtime import autocast
+
     model, configs = load_pretrained(resolve(args.checkpoint))
-    model.eval()
+    model, device, amp = placed(model.eval(), args.device, args.precision)
     _, test = datasets_for(args, configs["train"], model.config.img_size)
     images = dataset_images(test, args.num, args.seed)
-    rec = reconstruct(model, images, test.mean, test.std, args.mask_ratio,
-                      generator=torch.Generator().manual_seed(args.seed))
+    with autocast(device, amp):
+        rec = reconstruct(model, images, test.mean, test.std, args.mask_ratio,
+                          generator=torch.Generator().manual_seed(args.seed))
+    rec = type(rec)(*(t.float() for t in rec))  # bf16 under autocast: matplotlib draws float32
     ratio = model.config.mask_ratio if args.mask_ratio is None else args.mask_ratio
     fig = plot_reconstructions(rec, f"{Path(args.checkpoint).name}: {ratio:.0%} masked")
     fig.savefig(out, dpi=120)

@@ -19,7 +19,7 @@ from .data import ImageDataset
 from .finetune import Classifier, finetune, mix_batch, random_erase
 from .model import MAE
 from .optim import lr_at
-from .runtime import STREAM_PROBE, autocast, seed_for
+from .runtime import STREAM_PROBE, autocast, autocast_dtype, precision_name, seed_for
 
 __all__ = ["extract_features", "probe_head", "linear_probe", "knn_classify", "evaluate_frozen",
            # fine-tuning, from mae.finetune
@@ -124,7 +124,9 @@ def knn_classify(
     num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024,
 ) -> dict[str, float]:
     """Weighted kNN on cosine similarity: each of the k nearest training features votes for its
-    class with weight exp(similarity / T) (Wu et al. 2018; as used for DINO)."""
+    class with weight exp(similarity / T) (Wu et al. 2018; as used for DINO). The weights are
+    computed as exp((similarity - the row's highest) / T), the same votes up to a factor per test
+    image, so that no temperature overflows float32."""
     if not 1 <= k <= len(train[0]):
         raise ConfigError(f"knn_k {k} needs at least {k} training features, got "
                           f"{len(train[0])}: lower knn_k or use more training images.")
@@ -135,7 +137,7 @@ def knn_classify(
         q = F.normalize(test[0][start:start + chunk], dim=1)
         sim, idx = (q @ xt.T).topk(k, dim=1)  # (b, k)
         votes = torch.zeros(len(q), num_classes, device=q.device)
-        votes.scatter_add_(1, yt[idx], (sim / temperature).exp())
+        votes.scatter_add_(1, yt[idx], ((sim - sim[:, :1]) / temperature).exp())
         correct += (votes.argmax(1) == test[1][start:start + chunk]).sum().item()
     return {"knn_top1": 100 * correct / len(test[0])}
 
@@ -144,12 +146,17 @@ def evaluate_frozen(
     model: MAE, train: ImageDataset, test: ImageDataset,
     config: EvalConfig | Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Linear probe and kNN on the frozen encoder's features."""
+    """Linear probe and kNN on the frozen encoder's features, extracted on the model's device
+    with the autocast of the eval config's ``precision`` (`mae.runtime.autocast_dtype`)."""
     ec = EvalConfig.from_dict(config or {})
+    device = next(model.parameters()).device
+    amp = autocast_dtype(ec.precision, device, model.config.encoder_dim)
     t0 = time.perf_counter()
-    tr = extract_features(model, train, ec.features, ec.batch_size)
-    te = extract_features(model, test, ec.features, ec.batch_size)
+    tr = extract_features(model, train, ec.features, ec.batch_size, amp)
+    te = extract_features(model, test, ec.features, ec.batch_size, amp)
     metrics = {"features_time_s": time.perf_counter() - t0}
+    if amp is not None:  # float32 runs record nothing here, as before the policy
+        metrics["features_precision"] = precision_name(amp)
     metrics.update(linear_probe(tr, te, train.num_classes, ec))
     metrics.update(knn_classify(tr, te, train.num_classes, ec.knn_k, ec.knn_temperature))
     return metrics

@@ -21,8 +21,12 @@ from .augment import augment, crop_boxes, resize_batch
 from .data import ImageDataset
 from .encoder import Encoder
 from .optim import layer_decay_groups, lr_at
-from .runtime import STREAM_FT, autocast, fused_adamw, generator, seed_for
+from .runtime import STREAM_FT, autocast, fused_adamw, generator, precision_name, seed_for
 from .train import init_model
+
+
+# The official fine-tuning crop (timm's create_transform defaults): pre-training's is (0.2, 1).
+FT_CROP_SCALE = (0.08, 1.0)
 
 
 def _gpus(device: torch.device) -> list[torch.device]:
@@ -155,14 +159,24 @@ def finetune(
     config: MAEConfig, train: ImageDataset, test: ImageDataset,
     encoder_state: Mapping[str, torch.Tensor] | None = None,
     eval_config: EvalConfig | Mapping[str, Any] | None = None,
-    device: torch.device | str = "cpu", amp: torch.dtype | None = None, progress: bool = True,
+    device: torch.device | str | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune the encoder end to end (from ``encoder_state``, or from random initialisation
-    when None) and report test top-1. AdamW, layer-wise lr decay, drop path, label smoothing,
-    mixup / cutmix, random erasing, warm-up + cosine (appendix A.3; RandAugment is left out).
-    Torch's global random state is the caller's again afterwards."""
+    when None) and report test top-1. Torch's global random state is the caller's again
+    afterwards. ``device``: where to run (default: the eval config's ``device``, auto = CUDA
+    when present); autocast follows the eval config's ``precision`` (`mae.runtime.autocast_dtype`).
+
+    As the official ``main_finetune.py`` (appendix A.3): AdamW (0.9, 0.999) with layer-wise lr
+    decay, warm-up + cosine, lr = ft_base_lr * batch / 256, drop path, label smoothing, mixup /
+    cutmix (switched half the time), random erasing; random-resized crops of area (0.08, 1) and
+    aspect (3/4, 4/3), resized bicubic, and flips. Differences: no RandAugment (its
+    rand-m9-mstd0.5-inc1 policy); test images are resized whole, not resized to 1/0.875 and
+    centre-cropped; no EMA, no gradient clipping (the official default is none either)."""
+    from .runtime import autocast_dtype, pick_device
+
     ec = EvalConfig.from_dict(eval_config or {})
-    device = torch.device(device)
+    device = pick_device(ec.device) if device is None else torch.device(device)
+    amp = autocast_dtype(ec.precision, device, config.encoder_dim)
     for data in (train, test):
         data.check_size(config.img_size, "fine-tuning")
     bs = ec.ft_batch_size
@@ -205,9 +219,10 @@ def _finetune(
             order = torch.randperm(len(train), generator=generator(ec.seed, epoch, STREAM_FT))
         g = generator(ec.seed, 1_000_000 + step, STREAM_FT)
         idx = order[within * bs:(within + 1) * bs].to(device)
-        boxes = crop_boxes(bs, train.img_size, train.img_size, g)
+        boxes = crop_boxes(bs, train.img_size, train.img_size, g, scale=FT_CROP_SCALE)
         flips = torch.rand(bs, generator=g) < 0.5
-        x = augment(images_all[idx], config.img_size, boxes, flips, train.mean, train.std)
+        x = augment(images_all[idx], config.img_size, boxes, flips, train.mean, train.std,
+                    mode="bicubic")
         x = random_erase(x, ec.ft_reprob, g)  # after normalisation, before mixing
         x, target = mix_batch(x, labels_all[idx], train.num_classes, ec, g)
         lr = lr_at(step, total, warmup, peak)
@@ -230,5 +245,6 @@ def _finetune(
                 pred = model(x).argmax(1)
             correct += (pred == test.labels[start:start + 512].to(device)).sum().item()
     return {"finetune_top1": 100 * correct / len(test), "finetune_steps": total,
+            "finetune_device": str(device), "finetune_precision": precision_name(amp),
             "finetune_final_loss": sum(losses[-50:]) / len(losses[-50:]),
             "finetune_time_s": time.perf_counter() - t0}

@@ -38,8 +38,9 @@ def random_noise(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Uniform noise in [0, 1): random masking. Returns (B, L) float32."""
-    gen_device = generator.device if generator is not None else device
-    noise = torch.rand(batch, num_patches, generator=generator, device=gen_device)
+    if generator is None:  # no generator argument: torch.compile traces this with a dynamic batch
+        return torch.rand(batch, num_patches, device=device)
+    noise = torch.rand(batch, num_patches, generator=generator, device=generator.device)
     return noise.to(device) if device is not None else noise
 
 

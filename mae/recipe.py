@@ -20,6 +20,8 @@ AUGMENTATIONS = ("rrc", "fixed", "none")
 EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard",
                   "num_workers")
 LOADERS = ("auto", "memory", "stream")
+# EvalConfig fields that change where an evaluation runs, not what it computes.
+EVAL_EXECUTION_KEYS = ("device",)
 
 
 def _f(default: Any, help: str, low: float | None = None, high: float | None = None,
@@ -59,7 +61,8 @@ class TrainConfig(ConfigBase):
                          1)
     accum_steps: int = _f(1, "gradient accumulation steps per optimizer step", 1)
     base_lr: float = _f(1e-3, "learning rate per 256 images: lr = base_lr * batch_size / 256", 0)
-    min_lr: float = _f(0.0, "learning rate at the end of the cosine decay", 0)
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine decay (absolute, not scaled "
+                            "by batch_size / 256: the official --min_lr)", 0)
     warmup_epochs: float = _f(1.0, "linear warm-up, in epochs", 0)
     weight_decay: float = _f(0.05, "AdamW weight decay (not on biases, norms and tokens)", 0)
     beta1: float = _f(0.9, "AdamW beta1", 0, 0.9999)
@@ -75,7 +78,8 @@ class TrainConfig(ConfigBase):
                              "size exceeds half the free memory")
     num_workers: int = _f(4, "worker processes of the streaming loader (0: in this process)", 0)
     seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
-    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (+ scaler)")
+    precision: str = _f("auto", "auto (bf16 on CUDA, and on a CPU with native bf16 for encoders "
+                                "at least 192 wide; else fp32), fp32, bf16 or fp16 (+ scaler)")
     compile: bool = _f(False, "torch.compile the model (pays on GPU, not on CPU)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     checkpoint_every: int = _f(500, "save a checkpoint every N optimizer steps (and at the end)", 0)
@@ -110,8 +114,8 @@ class EvalConfig(ConfigBase):
     probe_batch_size: int = _f(1024, "linear probe batch size", 1)
     probe_weight_decay: float = _f(0.0, "linear probe weight decay (0 in the paper)", 0)
     knn_k: int = _f(20, "neighbours of the kNN classifier", 1)
-    knn_temperature: float = _f(0.07, "temperature of the kNN vote weights exp(sim / T); from "
-                                      "0.02 on, exp(1 / T) fits in float32", 0.02)
+    knn_temperature: float = _f(0.07, "temperature of the kNN vote weights exp(sim / T)", 0,
+                                open_low=True)
     ft_epochs: float = _f(2.0, "fine-tuning epochs (fractions allowed)", 0, open_low=True)
     ft_batch_size: int = _f(128, "fine-tuning batch size", 1)
     ft_base_lr: float = _f(1e-3, "fine-tuning lr per 256 images", 0, open_low=True)
@@ -125,8 +129,15 @@ class EvalConfig(ConfigBase):
     ft_reprob: float = _f(0.0, "random erasing probability per image (0: off; 0.25 in the paper)",
                           0, 1)
     seed: int = _f(0, "seed of the probe and fine-tuning")
+    device: str = _f("auto", "where features are extracted and fine-tuning runs: auto (CUDA when "
+                             "present, else the CPU), cpu, cuda or cuda:N")
+    precision: str = _f("auto", "autocast of feature extraction and fine-tuning: auto (bf16 on "
+                                "CUDA, and on a CPU with native bf16 for encoders >= 192 wide; "
+                                "else fp32), fp32, bf16 or fp16")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.features not in ("cls", "mean"):
             raise unknown_key_error(self.features, ["cls", "mean"], "features")
+        if self.precision not in PRECISIONS:
+            raise unknown_key_error(self.precision, list(PRECISIONS), "precision")

@@ -40,7 +40,7 @@ from .provenance import (
 )
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
-    fused_adamw, generator, init_distributed, rng_state, seed_for, set_rng_state,
+    fused_adamw, generator, init_distributed, precision_name, rng_state, seed_for, set_rng_state,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -170,7 +170,7 @@ def pretrain(
     model = init_model(mc, tc.seed).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=peak_lr,
                                   betas=(tc.beta1, tc.beta2), fused=fused_adamw(device))
-    amp = autocast_dtype(tc.precision, device)
+    amp = autocast_dtype(tc.precision, device, mc.encoder_dim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
 
@@ -187,6 +187,7 @@ def pretrain(
             ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
                                    map_location=device, defaults={"model": MAEConfig().to_dict()})
             _check_resumable(ckpt["config"]["train"], configs["train"])
+            _check_same_precision(ckpt, amp, tc.precision, out / CHECKPOINT)
             _check_same_data(ckpt.get("data"), data.fingerprint(), out / CHECKPOINT)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -210,6 +211,7 @@ def pretrain(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
                 "history": history, "config": configs, "data": data.fingerprint(),
+                "precision": precision_name(amp),
                 "wall_time": wall_before + time.perf_counter() - t0,
                 "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"],
             })
@@ -235,7 +237,7 @@ def pretrain(
         epoch, within = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(data), tc.seed, epoch), epoch
-        lr = lr_at(step, total, warmup, peak_lr, tc.min_lr * tc.batch_size / 256)
+        lr = lr_at(step, total, warmup, peak_lr, tc.min_lr)  # min_lr unscaled, as the official
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
@@ -308,9 +310,28 @@ def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], pa
             f"a new run in another folder.")
 
 
+def _check_same_precision(ckpt: Mapping[str, Any], amp: torch.dtype | None, asked: str,
+                          path: Path) -> None:
+    """A run continues in the precision it ran in: ``auto`` may resolve otherwise on another
+    machine (bf16 where a CPU has it natively), so the resolved precision is what must match.
+    A checkpoint from before it was recorded must be resumed with the precision it was given."""
+    found, now = ckpt.get("precision"), precision_name(amp)
+    if found is None:
+        given = ckpt["config"]["train"].get("precision", "auto")
+        if given != asked:
+            raise CheckpointError(f"{path} was trained with precision {given!r}: resume with "
+                                  f"--precision {given}, or start a new run in another folder.")
+    elif found != now:
+        raise CheckpointError(
+            f"{path} was trained in {found}, but precision {asked!r} runs {now} here: resume "
+            f"with --precision {found} (where bf16 is not native to the CPU it is many times "
+            f"slower), or start a new run in another folder.")
+
+
 def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
-    """The recipe must match to resume; how far to run (max_steps) and checkpointing may change."""
-    free = {"max_steps", *EXECUTION_KEYS}
+    """The recipe must match to resume; how far to run (max_steps) and checkpointing may change,
+    and so may how precision is named (the resolved precision is checked on its own)."""
+    free = {"max_steps", "precision", *EXECUTION_KEYS}
     check_config({k: v for k, v in found.items() if k not in free},
                  {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)",
                  defaults={k: v for k, v in TrainConfig().to_dict().items() if k not in free})
