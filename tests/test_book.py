@@ -23,7 +23,10 @@ def test_book_builds_and_links_resolve(tmp_path):
     (broken / "notebooks" / "03_loss.html").unlink()
     figure = parse(broken / "notebooks" / "01_patchify.html").images[0]  # the patch-grid figure
     (broken / "notebooks" / figure).unlink()
+    (broken / "mathjax" / "tex-svg.js").unlink()  # the maths would need a CDN again
     problems = check(broken)
+    assert any("theory.html: MathJax should load once, from the book itself" in p
+               for p in problems)
     assert any("'notebooks/03_loss' produced no page" in p for p in problems)
     assert any("broken link" in p and "03_loss.html" in p for p in problems)
     assert any(f"01_patchify.html: image {figure} does not exist" in p for p in problems)

@@ -1,4 +1,5 @@
-"""Check a built book: every _toc.yml entry has a page, every image exists, no broken links.
+"""Check a built book: every _toc.yml entry has a page, every image exists, no broken links,
+the maths typesets offline (MathJax from the book itself, once per page) and one search field.
 
     python tools/check_book.py [_build/html]
 """
@@ -20,6 +21,9 @@ class Page(HTMLParser):
         super().__init__()
         self.links: list[str] = []
         self.images: list[str] = []
+        self.scripts: list[str] = []
+        self.search_fields = 0
+        self.has_math = False
         self.ids: set[str] = set()
 
     def handle_starttag(self, tag, attrs):
@@ -30,6 +34,13 @@ class Page(HTMLParser):
             self.links.append(attrs["href"])
         if tag == "img" and attrs.get("src"):
             self.images.append(attrs["src"])
+        if tag == "script" and attrs.get("src"):
+            self.scripts.append(attrs["src"])
+        classes = (attrs.get("class") or "").split()
+        if tag == "button" and "search-button-field" in classes:
+            self.search_fields += 1
+        if tag in ("span", "div") and "math" in classes:
+            self.has_math = True
 
 
 def toc_files(toc: dict) -> list[str]:
@@ -62,6 +73,13 @@ def check(html: Path) -> list[str]:
     pages = {p: parse(p) for p in html.rglob("*.html") if "_static" not in p.parts}
     for path, page in pages.items():
         where = path.relative_to(html)
+        mathjax = [src for src in page.scripts if "mathjax" in src.lower()]
+        if (page.has_math or mathjax) and (len(mathjax) != 1 or urlsplit(mathjax[0]).scheme or not (
+                path.parent / unquote(urlsplit(mathjax[0]).path)).resolve().is_file()):
+            problems.append(f"{where}: MathJax should load once, from the book itself "
+                            f"(mathjax_path in _config.yml), not {mathjax}")
+        if page.search_fields > 1:
+            problems.append(f"{where}: {page.search_fields} search fields (one expected)")
         for src in page.images:
             if urlsplit(src).scheme in ("http", "https", "data"):
                 continue
