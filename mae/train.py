@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint import (
-    CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
+    CHECKPOINT, CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
 )
 from .config import ConfigError, MAEConfig, check_hides_a_patch
 from .recipe import EXECUTION_KEYS, TrainConfig
@@ -35,15 +35,12 @@ from .masking import sample_noise
 from .model import MAE
 from .board import tensorboard_writer
 from .optim import lr_at, param_groups
-from .provenance import (
-    CpuClock, check_writable, provenance, remove_stale_temporaries, write_json_atomic,
-)
+from .files import check_writable, remove_stale_temporaries, write_json_atomic
+from .provenance import CpuClock, provenance
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
     fused_adamw, generator, init_distributed, rng_state, seed_for, set_rng_state,
 )
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class NonFiniteLossError(RuntimeError):
