@@ -1,5 +1,6 @@
 """File safety in one place: atomic writes (a temporary file, fsync, rename), the cleanup of the
-temporaries a killed writer leaves behind, and a clear error for a full disk.
+temporaries a killed writer leaves behind, a clear error for a full disk, and the lock that keeps
+two processes out of one run folder.
 
 Every file the package writes goes through `atomic_write`, so a reader never sees half a file, a
 failed write leaves no temporary behind and the previous version of the file intact.
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import json
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -122,3 +127,67 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
         raise ConfigError(f"cannot write to {what} {folder} ({e.strerror or e}): choose a "
                           f"writable place.") from e
     return folder
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (an exclusive ``flock`` of ``folder/.lock``) for the block, or raise
+    `ConfigError` at once, naming the folder and the process that holds it. The lock file says
+    who holds it (pid, host, since when) and is removed on release."""
+    import fcntl
+
+    from .config import ConfigError
+
+    path = Path(folder) / LOCK_FILE
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that did not say which"
+            f.close()
+            raise ConfigError(f"{folder} is in use by another {what} ({holder}): wait for it to "
+                              f"end (or stop it), or choose another --out.") from None
+        try:  # the file may have been removed by its last holder between our open and lock
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes: a waiting opener then retries
+        f.close()
+
+
+def holding_folder_lock(parameter: str, what: str, kind: str = "folder"):
+    """Decorator: the function runs holding the `folder_lock` of the folder passed as its
+    argument ``parameter`` (created first, `check_writable`), released when it returns or fails,
+    even while a notebook keeps the traceback. Without a folder (None), or in a DDP rank other
+    than the main one (``RANK`` > 0: the ranks share one folder), it runs without."""
+
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            folder = signature.bind(*args, **kwargs).arguments.get(parameter)
+            if folder is None or int(os.environ.get("RANK", "0")):
+                return function(*args, **kwargs)
+            with folder_lock(check_writable(folder, kind), what):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate

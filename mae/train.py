@@ -35,7 +35,9 @@ from .masking import sample_noise
 from .model import MAE
 from .board import tensorboard_writer
 from .optim import lr_at, param_groups
-from .files import check_writable, remove_stale_temporaries, write_json_atomic
+from .files import (
+    check_writable, holding_folder_lock, remove_stale_temporaries, write_json_atomic,
+)
 from .provenance import CpuClock, provenance
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
@@ -108,6 +110,7 @@ class PretrainResult:
     history: list[dict[str, float]]
 
 
+@holding_folder_lock("out_dir", "pre-training", "run folder")
 def pretrain(
     model_config: MAEConfig | Mapping[str, Any], train_config: TrainConfig | Mapping[str, Any],
     out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
@@ -120,6 +123,7 @@ def pretrain(
     (``pretrain_metrics.json``) are written there. A folder that already holds a run is refused
     unless ``resume=True`` (continue it, with the same recipe and data) or ``overwrite=True``
     (replace it); ``resume=True`` on a folder without a checkpoint starts a new run and says so.
+    The folder is locked while the run lasts: a second run into it is refused at once.
     """
     mc = MAEConfig.from_dict(model_config)
     tc = TrainConfig.from_dict(train_config)
