@@ -71,8 +71,8 @@ class TrainConfig(ConfigBase):
                                open_low=True)
     loader: str = _f("auto", "memory: decode the set once and hold it (crops on the device); "
                              "stream: worker processes read and crop each JPEG (image folders "
-                             "too big for memory); auto: stream an image folder whose decoded "
-                             "size exceeds half the free memory")
+                             "too big for memory; crops of the full image, as the official "
+                             "code); auto: stream folder: sets, hold the named ones in memory")
     num_workers: int = _f(4, "worker processes of the streaming loader (0: in this process)", 0)
     seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (+ scaler)")

@@ -93,6 +93,13 @@ class FolderFiles:
                            self.classes, self.mean, self.std, self.img_size, self.source)
 
 
+def loader_of(data: Any) -> str:
+    """The loader a dataset (or its recorded fingerprint) is read through: ``stream`` or
+    ``memory`` (an in-memory fingerprint has no ``loader`` entry)."""
+    fingerprint = data if isinstance(data, dict) else data.fingerprint()
+    return fingerprint.get("loader", "memory")
+
+
 def list_folder(folder: Path, classes: list[str]) -> tuple[list[str], torch.Tensor]:
     """The image files of a split folder and their labels (indices into ``classes``), sorted."""
     index = {c: i for i, c in enumerate(classes)}
@@ -112,7 +119,7 @@ def list_folder(folder: Path, classes: list[str]) -> tuple[list[str], torch.Tens
 
 def fits_in_memory(num_images: int, size: int, share: float = 0.5) -> bool:
     """Whether the split decoded at ``size`` px (uint8) takes less than ``share`` of the memory
-    available now: what ``loader='auto'`` decides by."""
+    available now: whether evaluation can hold a streamed split (`FolderFiles.decode`)."""
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not Linux: assume 16 GB

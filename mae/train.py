@@ -29,7 +29,7 @@ from .config import ConfigError, MAEConfig, check_hides_a_patch
 from .recipe import EXECUTION_KEYS, TrainConfig
 from .augment import augment, crop_boxes, normalize, resize_batch
 from .data import ImageDataset, load_dataset
-from .streaming import FolderFiles, stream_batches
+from .streaming import FolderFiles, loader_of, stream_batches
 from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
@@ -290,7 +290,7 @@ def pretrain(
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
         "cpu_time_s": cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],
         "config": configs, "provenance": provenance(str(device)), "device": str(device), "precision": str(amp or torch.float32),
-        "world_size": info.world, "data": data.fingerprint(),
+        "world_size": info.world, "data": data.fingerprint(), "loader": loader_of(data),
     }
     if out is not None and info.main:
         metrics["checkpoint"] = str(out / CHECKPOINT)
@@ -299,8 +299,13 @@ def pretrain(
 
 
 def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
-    """A run continues on the data it started on (checkpoints from before this check carry no
-    fingerprint and are taken as they are)."""
+    """A run continues on the data it started on, through the same loader (checkpoints from
+    before this check carry no fingerprint and are taken as they are)."""
+    if found and loader_of(found) != loader_of(now):
+        raise CheckpointError(
+            f"{path} was trained through the {loader_of(found)} loader, now the {loader_of(now)} "
+            f"loader would continue it (other crops of other pixels): resume with --loader "
+            f"{loader_of(found)}, or start a new run in another folder.")
     if found and found.get("sha256") != now.get("sha256"):
         raise CheckpointError(
             f"{path} was trained on other data: checkpoint {found.get('sha256', '?')[:16]} "

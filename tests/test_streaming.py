@@ -63,17 +63,43 @@ def test_every_crop_is_a_function_of_seed_step_and_slot(jpeg_folder):
     assert not torch.equal(whole[0], whole[4])  # epoch 1: another order, other crops
 
 
-def test_the_loader_is_chosen_by_decoded_size(jpeg_folder, monkeypatch):
-    name = f"folder:{jpeg_folder}"
-    assert isinstance(load_dataset(name, "train", img_size=32, loader="auto"), ImageDataset)
-    for where in ("mae.data", "mae.streaming"):  # as if it were ImageNet-1K
-        monkeypatch.setattr(f"{where}.fits_in_memory", lambda n, size: False)
-    streamed = load_dataset(name, "val", img_size=32, loader="auto")
+@pytest.mark.parametrize("fits", [True, False])
+def test_auto_resolves_by_the_dataset_not_by_free_memory(jpeg_folder, tmp_path, monkeypatch, fits):
+    """One command, one augmentation on any machine: folder: sets stream (the official transform,
+    crops of the full image), the named sets are held in memory, whatever the free memory."""
+    from test_data import _fake_folder
+
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
+    for where in ("mae.data", "mae.streaming"):  # a large host, or one as small as for ImageNet
+        monkeypatch.setattr(f"{where}.fits_in_memory", lambda n, size: fits, raising=False)
+    streamed = load_dataset(f"folder:{jpeg_folder}", "val", img_size=32, loader="auto")
     assert isinstance(streamed, FolderFiles) and len(streamed) == 12
-    with pytest.raises(DataError, match="evaluation holds them in memory: evaluate on fewer"):
-        streamed.decode()
+    _fake_folder(tmp_path / "data")
+    held = load_dataset("imagenette", "train", root=tmp_path / "data", img_size=16, loader="auto")
+    assert isinstance(held, ImageDataset)
     with pytest.raises(DataError, match="loader 'stream' is for image folders"):
         load_dataset("cifar10", "train", loader="stream")
+    if not fits:
+        with pytest.raises(DataError, match="evaluation holds them in memory: evaluate on fewer"):
+            streamed.decode()
+
+
+def test_the_loader_is_recorded_and_checked_on_resume(jpeg_folder, tmp_path):
+    from conftest import SMALL
+    from mae.checkpoint import CheckpointError
+    from mae.train import pretrain
+
+    recipe = dict(batch_size=16, epochs=1.0, warmup_epochs=0.0, num_workers=0, num_threads=1,
+                  dataset=f"folder:{jpeg_folder}", max_steps=1)
+    held = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="memory")
+    first = pretrain(SMALL, recipe, tmp_path, dataset=held, progress=False)
+    assert first.metrics["loader"] == "memory"
+    streamed = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="stream")
+    with pytest.raises(CheckpointError, match=r"trained through the memory loader, now the stream loader"):
+        pretrain(SMALL, {**recipe, "max_steps": 2}, tmp_path, dataset=streamed, resume=True,
+                 progress=False)
+    second = pretrain(SMALL, recipe, tmp_path / "s", dataset=streamed, progress=False)
+    assert second.metrics["loader"] == "stream"
 
 
 def pretrain_cli(folder, out, *extra):
