@@ -53,7 +53,8 @@ class TrainConfig(ConfigBase):
     """Pre-training recipe (the paper's appendix A.1; the ablation tiers in ablations/tiers.yaml scale it)."""
 
     dataset: str = _f("cifar10", "cifar10, cifar100, imagenette or folder:/path")
-    train_subset: int = _f(0, "use only the first N training images (0: all)", 0)
+    train_subset: int = _f(0, "train on N images, an equal share of each class drawn with the "
+                              "seed (0: all)", 0)
     epochs: float = _f(8.0, "pre-training epochs (the schedule's length)", 0, open_low=True)
     batch_size: int = _f(256, "effective batch per optimizer step, over all ranks and accumulation",
                          1)

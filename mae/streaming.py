@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from .augment import crop_boxes
-from .dataset import IMAGE_SUFFIXES, DataError, ImageDataset
+from .dataset import (
+    IMAGE_SUFFIXES, DataError, ImageDataset, check_subset, sample_name, stratified_indices,
+)
 from .runtime import STREAM_CROP, generator
 
 
@@ -85,12 +87,17 @@ class FolderFiles:
                             self.classes, self.mean, self.std, self.source)
 
     def subset(self, n: int) -> FolderFiles:
-        """The first n files (in ImageFolder's order)."""
-        if not 0 < n <= len(self):
-            raise DataError(f"a subset of {n} images of {self.name} {self.split} cannot be taken: "
-                            f"it has {len(self)}; ask for 1 to {len(self)}.")
+        """The first n files (in ImageFolder's order); `ImageDataset.subset`."""
+        check_subset(self, n)
         return FolderFiles(self.name, f"{self.split}[:{n}]", self.files[:n], self.labels[:n],
                            self.classes, self.mean, self.std, self.img_size, self.source)
+
+    def sample(self, n: int, seed: int) -> FolderFiles:
+        """n files, an equal share of each class (`ImageDataset.sample`)."""
+        idx = stratified_indices(self.labels, self.num_classes, check_subset(self, n), seed)
+        return FolderFiles(self.name, sample_name(self, n, seed), [self.files[i] for i in idx],
+                           self.labels[idx], self.classes, self.mean, self.std, self.img_size,
+                           self.source)
 
 
 def loader_of(data: Any) -> str:

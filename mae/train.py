@@ -153,8 +153,8 @@ def pretrain(
     data = dataset if dataset is not None else load_dataset(
         tc.dataset, "train", data_root, img_size=None if tc.dataset.startswith("cifar") else
         mc.img_size, download=download, loader=tc.loader)
-    if tc.train_subset:
-        data = data.subset(tc.train_subset)
+    if tc.train_subset:  # an equal share of each class, of the seed; the fingerprint says so
+        data = data.sample(tc.train_subset, tc.seed)
     if data.channels != mc.in_chans:
         raise ConfigError(f"{data.name} has {data.channels} channels but in_chans is "
                           f"{mc.in_chans}.")

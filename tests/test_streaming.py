@@ -183,3 +183,12 @@ def test_the_paper_tier_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     assert record["data"]["train"]["loader"] == "stream"
     assert record["data"]["train"]["num_images"] == 200
     assert record["metrics"]["pretrain_steps"] == 2 and "finetune_top1" in record["metrics"]
+
+
+def test_a_streamed_training_subset_is_stratified_too(jpeg_folder):
+    data = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="stream")
+    part = data.sample(12, seed=0)
+    assert torch.bincount(part.labels).tolist() == [4, 4, 4] and len(part.files) == 12
+    assert part.split == "train[stratified 12 of 72, seed 0]"
+    assert part.fingerprint()["split"] == part.split and part.files == sorted(part.files)
+    assert part.files == data.sample(12, seed=0).files != data.sample(12, seed=1).files
