@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTATIONS = ("rrc", "fixed", "none")
 # TrainConfig fields that change how a run is executed, not what it computes.
 EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard",
-                  "num_workers")
+                  "num_workers", "skip_bad_images")
 LOADERS = ("auto", "memory", "stream")
 
 
@@ -75,6 +75,10 @@ class TrainConfig(ConfigBase):
                              "too big for memory; crops of the full image, as the official "
                              "code); auto: stream folder: sets, hold the named ones in memory")
     num_workers: int = _f(4, "worker processes of the streaming loader (0: in this process)", 0)
+    skip_bad_images: bool = _f(False, "streaming loader: train on the next readable image in "
+                                      "place of one that cannot be read (corrupt, empty, not an "
+                                      "image, a dangling link), each named in the log and in the "
+                                      "run's records (off: stop, naming the file)")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (+ scaler)")
     compile: bool = _f(False, "torch.compile the model (pays on GPU, not on CPU)")

@@ -175,7 +175,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
 
-    start, history, wall_before, cpu_before = 0, [], 0.0, 0.0
+    start, history, wall_before, cpu_before, skipped = 0, [], 0.0, 0.0, {}
     if out is not None and overwrite:
         for name in (CHECKPOINT, "history.csv", "history.json", "pretrain_metrics.json"):
             if info.main:
@@ -195,6 +195,7 @@ def pretrain(
             set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
             cpu_before = ckpt.get("cpu_time", 0.0)  # absent before CPU time was recorded
+            skipped = dict(ckpt.get("skipped_images") or {})  # unreadable files replaced
             if info.main:
                 log(f"resuming {out} at step {start} of {stop}")
     # Training predicts the hidden patches only: the same loss and gradients as model(images).
@@ -212,7 +213,7 @@ def pretrain(
                 "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
                 "history": history, "config": configs, "data": data.fingerprint(),
                 "wall_time": wall_before + time.perf_counter() - t0,
-                "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"],
+                "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"], "skipped_images": skipped,
             })
             write_history(out, history)
             if board is not None:
@@ -228,8 +229,8 @@ def pretrain(
     stream = stream_batches(
         data, lambda epoch: epoch_order(len(data), tc.seed, epoch), tc.batch_size, tc.accum_steps,
         tc.seed, start, stop, steps_per_epoch, info.rank, info.world, tc.augmentation,
-        tc.crop_min_scale, tc.num_workers, device.type == "cuda",
-    ) if isinstance(data, FolderFiles) else None
+        tc.crop_min_scale, tc.num_workers, device.type == "cuda", tc.skip_bad_images, skipped,
+        log if info.main else None) if isinstance(data, FolderFiles) else None
     order, order_epoch = None, -1
     for step in range(start, stop):
         t_step = time.perf_counter()
@@ -291,6 +292,7 @@ def pretrain(
         "cpu_time_s": cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],
         "config": configs, "provenance": provenance(str(device)), "device": str(device), "precision": str(amp or torch.float32),
         "world_size": info.world, "data": data.fingerprint(), "loader": loader_of(data),
+        "skipped_images": skipped,
     }
     if out is not None and info.main:
         metrics["checkpoint"] = str(out / CHECKPOINT)

@@ -192,3 +192,60 @@ def test_a_streamed_training_subset_is_stratified_too(jpeg_folder):
     assert part.split == "train[stratified 12 of 72, seed 0]"
     assert part.fingerprint()["split"] == part.split and part.files == sorted(part.files)
     assert part.files == data.sample(12, seed=0).files != data.sample(12, seed=1).files
+
+
+@pytest.fixture
+def bad_folder(jpeg_folder, tmp_path):
+    """The JPEG folder with an empty file, a text file, a truncated JPEG and a dangling link."""
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(jpeg_folder, root)
+    bad = [root / "train" / c / f for c, f in (("ant", "000.jpg"), ("bee", "001.jpg"),
+                                               ("cat", "002.jpg"), ("cat", "003.jpg"))]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not an image at all\n")
+    bad[2].write_bytes(bad[2].read_bytes()[:300])
+    bad[3].unlink()
+    bad[3].symlink_to(tmp_path / "nowhere.jpg")
+    return root, sorted(map(str, bad))
+
+
+def test_a_bad_image_is_one_line_naming_it_or_is_skipped_and_recorded(bad_folder):
+    root, bad = bad_folder
+    data = load_dataset(f"folder:{root}", "train", img_size=32, loader="stream")
+    assert len(data) == 72 and data.fingerprint()["num_images"] == 72  # the link is listed
+    for workers in (0, 2):
+        with pytest.raises(DataError) as error:
+            batches(data, 0, 12, workers=workers)
+        message = str(error.value)
+        assert "\n" not in message and "Traceback" not in message
+        assert message.startswith("cannot read image ") and message.split()[3] in bad
+        assert "--skip-bad-images" in message
+    runs = []
+    for workers in (0, 2):
+        stream = stream_batches(data, lambda e: epoch_order(len(data), 0, e), 16, 1, 0, 0, 12, 4,
+                                0, 1, workers=workers, skip_bad_images=True)
+        runs.append(([b.clone() for b in stream], stream.skipped))
+    (first, skipped), (second, skipped_again) = runs
+    assert len(first) == 12 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert sorted(skipped) == bad and skipped == skipped_again  # path -> why, in one line each
+    assert all("\n" not in why for why in skipped.values())
+
+
+def test_a_run_stopped_by_a_bad_image_resumes_past_it_with_skip_bad_images(bad_folder, tmp_path):
+    root, bad = bad_folder
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    stopped = subprocess.run(pretrain_cli(root, out), env=env, capture_output=True, text=True,
+                             cwd=ROOT)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot read image ") and line.split()[4] in bad
+    resumed = subprocess.run(pretrain_cli(root, out, "--resume", "--skip-bad-images"), env=env,
+                             capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "pretrain_metrics.json").read_text())
+    assert metrics["steps"] == 12 and sorted(metrics["skipped_images"]) == bad
+    assert sorted(load_checkpoint(out / "checkpoint.pt")["skipped_images"]) == bad
+    assert f"skipped unreadable image {bad[0]}" in resumed.stderr
