@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from .provenance import write_text_atomic
+from .files import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"  # the checkpoint of a run folder
 
 
 class CheckpointError(RuntimeError):
@@ -30,17 +31,17 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename): a crash mid-write
-    leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """Write ``payload`` to ``path`` atomically (`mae.files.atomic_write`): a crash or a full
+    disk mid-write leaves the previous checkpoint intact and no temporary file."""
+    with atomic_write(path) as f:
         torch.save({**payload, "format_version": FORMAT_VERSION}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint a path names: a run folder's ``checkpoint.pt``, or the file itself."""
+    path = Path(path)
+    return path / CHECKPOINT if path.is_dir() else path
 
 
 def load_checkpoint(
@@ -129,9 +130,7 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     ...})``. ``path`` is a ``checkpoint.pt`` or the run folder holding one."""
     from .model import MAE
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = run_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=map_location)
     if "model" not in ckpt or "model" not in ckpt.get("config", {}):
         raise CheckpointError(f"{path} holds no pre-trained MAE (no model weights or config).")

@@ -137,11 +137,10 @@ def trained_for(args) -> dict[str, Any]:
     """How far the evaluated model was pre-trained: steps and epochs (0 for a random init)."""
     if not args.checkpoint:
         return {"pretrain_steps": 0, "pretrain_epochs": 0.0}
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, run_checkpoint
     from .pretrained import resolve
 
-    path = resolve(args.checkpoint)
-    ckpt = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
+    ckpt = load_checkpoint(run_checkpoint(resolve(args.checkpoint)))
     images = (ckpt.get("data") or {}).get("num_images")
     batch = ckpt.get("config", {}).get("train", {}).get("batch_size")
     per_epoch = images // batch if images and batch else 0

@@ -21,7 +21,7 @@ from .dataset import (
     cache_dir, data_root, download_with, missing_error,
 )
 from .imagefolder import find_imagenette, load_image_folder, train_classes
-from .streaming import FolderFiles, fits_in_memory, list_folder
+from .streaming import FolderFiles, list_folder
 
 __all__ = ["DATASETS", "DataError", "ImageDataset", "cache_dir", "data_root", "load_dataset"]
 
@@ -112,8 +112,10 @@ def load_dataset(
             224 otherwise); CIFAR is always 32.
         download: fetch missing data (needs network).
         loader: ``memory`` (decode once, hold in memory), ``stream`` (an image folder as a list
-            of files that `mae.streaming` reads as training goes), or ``auto`` (stream an image
-            folder whose decoded size exceeds half the free memory).
+            of files that `mae.streaming` reads as training goes), or ``auto``: by the dataset
+            alone, never by the host's free memory, so one command trains alike everywhere:
+            ``folder:`` sets stream (the official transform: crops of the full image, bicubic),
+            the named sets (CIFAR, Imagenette) are held in memory.
     """
     if split not in ("train", "test", "val"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test' ('val').")
@@ -129,7 +131,7 @@ def load_dataset(
     folder_split = "train" if split == "train" else "val"
     if name == "imagenette":
         return _image_folder(name, folder_split, find_imagenette(base, download),
-                             img_size or 128, loader)
+                             img_size or 128, "memory" if loader == "auto" else loader)
     if name.startswith("folder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         if folder_split == "val" and not (path / "val").is_dir() and (path / "test").is_dir():
@@ -139,21 +141,19 @@ def load_dataset(
             raise DataError(f"image folder {path} has no {missing.name}/ folder: a folder: "
                             f"dataset needs train/<class>/<image> and val/<class>/<image> (or "
                             f"test/<class>/<image>).")
-        return _image_folder(name, folder_split, path, img_size or 224, loader)
+        return _image_folder(name, folder_split, path, img_size or 224,
+                             "stream" if loader == "auto" else loader)
     raise unknown_key_error(name, ["cifar10", "cifar100", "imagenette", "folder:"], "dataset")
 
 
 def _image_folder(name: str, split: str, source: Path, size: int, loader: str):
     """In memory (decoded once, cached), or as files for the streaming loader."""
-    if loader != "memory":
+    if loader == "stream":
         if source.is_file():
-            if loader == "stream":
-                raise DataError(f"{source} is a tarball; the streaming loader reads a folder: "
-                                f"extract it, or use loader memory.")
-        else:
-            classes = train_classes(source)
-            files, labels = list_folder(source / split, classes)
-            if loader == "stream" or not fits_in_memory(len(files), size):
-                return FolderFiles(name, split, files, labels, classes, IMAGENET_MEAN,
-                                   IMAGENET_STD, size, str(source))
+            raise DataError(f"{source} is a tarball; the streaming loader reads a folder: "
+                            f"extract it, or use loader memory.")
+        classes = train_classes(source)
+        files, labels = list_folder(source / split, classes)
+        return FolderFiles(name, split, files, labels, classes, IMAGENET_MEAN, IMAGENET_STD,
+                           size, str(source))
     return load_image_folder(name, split, source, size)

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .runtime import STREAM_SUBSET, generator
+
 DATA_ENV = "MAE_DATA"
 CACHE_ENV = "MAE_CACHE"
 DATASETS = ("cifar10", "cifar100", "imagenette", "folder:<path>")
@@ -91,13 +93,47 @@ class ImageDataset:
                                    labels=self.labels.to(device))
 
     def subset(self, n: int) -> ImageDataset:
-        """The first n images (datasets are stored in a fixed order)."""
-        if not 0 < n <= len(self):
-            raise DataError(f"a subset of {n} images of {self.name} {self.split} cannot be taken: "
-                            f"it has {len(self)}; ask for 1 to {len(self)} (0 in a config means "
-                            f"all of them).")
+        """The first n images (datasets are stored in a fixed order): what evaluation's
+        --train-subset / --test-subset take. Training takes `sample`."""
+        check_subset(self, n)
         return ImageDataset(self.name, f"{self.split}[:{n}]", self.images[:n], self.labels[:n],
                             self.classes, self.mean, self.std, self.source)
+
+    def sample(self, n: int, seed: int) -> ImageDataset:
+        """n images drawn with `stratified_indices` (an equal share of each class, a function
+        of the seed), in stored order; the split's name records how (``train[stratified n of
+        N, seed s]``), and so does the fingerprint."""
+        idx = stratified_indices(self.labels, self.num_classes, check_subset(self, n), seed)
+        return ImageDataset(self.name, sample_name(self, n, seed), self.images[idx],
+                            self.labels[idx], self.classes, self.mean, self.std, self.source)
+
+
+def check_subset(data: Any, n: int) -> int:
+    if not 0 < n <= len(data):
+        raise DataError(f"a subset of {n} images of {data.name} {data.split} cannot be taken: "
+                        f"it has {len(data)}; ask for 1 to {len(data)} (0 in a config means all "
+                        f"of them).")
+    return n
+
+
+def sample_name(data: Any, n: int, seed: int) -> str:
+    return f"{data.split}[stratified {n} of {len(data)}, seed {seed}]"
+
+
+def stratified_indices(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of n of the images, sorted: each class in a random order (of the seed), then
+    taken in rounds, one image of every class a round (classes in a random order too), so that
+    every class gives an equal share (within one image) and a class with fewer images gives all
+    it has. On a class-sorted image folder the first n images would be a few classes."""
+    g = generator(seed, 0, STREAM_SUBSET)
+    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    by_class = torch.argsort(labels.cpu(), stable=True).split(counts.tolist())
+    place = torch.randperm(num_classes, generator=g)  # which class goes first in a round
+    rank = torch.empty(len(labels), dtype=torch.long)
+    for c, members in enumerate(by_class):
+        shuffled = members[torch.randperm(len(members), generator=g)]
+        rank[shuffled] = torch.arange(len(members)) * num_classes + place[c]
+    return torch.argsort(rank)[:n].sort().values
 
 
 # ----- roots ----------------------------------------------------------------------------------

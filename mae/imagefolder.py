@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 import zlib
@@ -23,6 +22,7 @@ from .dataset import (
     IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, cache_dir, download_with,
     missing_error,
 )
+from .files import atomic_write, remove_stale_temporaries
 
 
 def _decode(data: bytes, size: int, where: str) -> torch.Tensor:
@@ -124,10 +124,10 @@ def load_image_folder(name: str, split: str, source: Path, size: int) -> ImageDa
         raise DataError(f"no images found for split {split!r} in {source}: expected "
                         f"{split}/<class>/<image> inside it.")
     blob = {"images": torch.stack(images), "labels": torch.tensor(labels), "classes": classes}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, cached)
+    if cached.parent.is_dir():
+        remove_stale_temporaries(cached.parent)  # a decode killed while saving: GBs
+    with atomic_write(cached) as f:
+        torch.save(blob, f)
     return _folder_dataset(name, split, blob, source)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoint import (
+    CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
+)
+from .files import DiskFullError, atomic_write
 
 BASE_URL = "https://github.com/mae-book/mae-book/raw/main/checkpoints/"
 """Where the files are downloaded from; ``$MAE_CHECKPOINT_URL`` replaces it (a mirror, a test)."""
@@ -108,23 +110,24 @@ def _download(entry: Entry, target: Path) -> Path:
 
 def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Path:
     """Fetch ``url`` into ``target`` through a temporary file (never half a file under the real
-    name); with ``sha``, a download whose sha256 differs is deleted and refused."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    name, `mae.files.atomic_write`); with ``sha``, a download whose sha256 differs is refused and
+    not kept."""
+    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f)
+        with atomic_write(target) as f, urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                digest.update(block)
+            found = digest.hexdigest()
+            if sha is not None and found != sha:
+                raise CheckpointError(
+                    f"the download of {what} from {url} has sha256 {found[:16]}..., not the "
+                    f"registered {sha[:16]}...; it was not kept. Try again, or {fix}.")
+    except DiskFullError:
+        raise
     except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(f"cannot download {what} from {url} ({reason}): {fix}.") from e
-    found = sha256(tmp)
-    if sha is not None and found != sha:
-        tmp.unlink()
-        raise CheckpointError(f"the download of {what} from {url} has sha256 {found[:16]}..., "
-                              f"not the registered {sha[:16]}...; it was not kept. Try again, "
-                              f"or {fix}.")
-    os.replace(tmp, target)
     return target
 
 
@@ -193,8 +196,7 @@ def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     ``pretrain_metrics.json`` plus the file's size and sha256."""
     import json
 
-    run = Path(run)
-    ckpt_path = run / "checkpoint.pt" if run.is_dir() else run
+    ckpt_path = run_checkpoint(run)
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "

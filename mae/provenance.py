@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+# File safety lives in mae.files; these names are also importable from here, their first home.
+from .files import (  # noqa: F401
+    check_writable, remove_stale_temporaries, write_bytes_atomic, write_json_atomic,
+    write_text_atomic,
+)
 
 
 def git_state(repo: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -102,66 +107,3 @@ class CpuClock:
         other = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - cpu) / max(wall, 1e-9)
         return {"wall_time_s": wall, "cpu_time_s": cpu, "other_load": other,
                 "cpu_count": os.cpu_count()}
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that `write_bytes_atomic` (and checkpoint saving) leave behind
-    when a process is killed mid-write (``.<name>.tmp<pid>``, GBs for a large checkpoint), unless
-    their process still runs. Returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        pass
-    return True
-
-
-def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create ``folder`` if needed and prove it takes a file, before any work is spent on what
-    would be written there. Raises `ConfigError` (which the CLI prints as one line), never a bare
-    OSError."""
-    from .config import ConfigError
-
-    folder = Path(folder)
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{what} {folder} is a file, not a folder: choose another path.")
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write to {what} {folder} ({e.strerror or e}): choose a "
-                          f"writable place.") from e
-    return folder
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """`write_bytes_atomic` of UTF-8 text."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")

@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTATIONS = ("rrc", "fixed", "none")
 # TrainConfig fields that change how a run is executed, not what it computes.
 EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard",
-                  "num_workers")
+                  "num_workers", "skip_bad_images")
 LOADERS = ("auto", "memory", "stream")
 # EvalConfig fields that change where an evaluation runs, not what it computes.
 EVAL_EXECUTION_KEYS = ("device",)
@@ -55,7 +55,8 @@ class TrainConfig(ConfigBase):
     """Pre-training recipe (the paper's appendix A.1; the ablation tiers in ablations/tiers.yaml scale it)."""
 
     dataset: str = _f("cifar10", "cifar10, cifar100, imagenette or folder:/path")
-    train_subset: int = _f(0, "use only the first N training images (0: all)", 0)
+    train_subset: int = _f(0, "train on N images, an equal share of each class drawn with the "
+                              "seed (0: all)", 0)
     epochs: float = _f(8.0, "pre-training epochs (the schedule's length)", 0, open_low=True)
     batch_size: int = _f(256, "effective batch per optimizer step, over all ranks and accumulation",
                          1)
@@ -74,9 +75,13 @@ class TrainConfig(ConfigBase):
                                open_low=True)
     loader: str = _f("auto", "memory: decode the set once and hold it (crops on the device); "
                              "stream: worker processes read and crop each JPEG (image folders "
-                             "too big for memory); auto: stream an image folder whose decoded "
-                             "size exceeds half the free memory")
+                             "too big for memory; crops of the full image, as the official "
+                             "code); auto: stream folder: sets, hold the named ones in memory")
     num_workers: int = _f(4, "worker processes of the streaming loader (0: in this process)", 0)
+    skip_bad_images: bool = _f(False, "streaming loader: train on the next readable image in "
+                                      "place of one that cannot be read (corrupt, empty, not an "
+                                      "image, a dangling link), each named in the log and in the "
+                                      "run's records (off: stop, naming the file)")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and masks")
     precision: str = _f("auto", "auto (bf16 on CUDA, and on a CPU with native bf16 for encoders "
                                 "at least 192 wide; else fp32), fp32, bf16 or fp16 (+ scaler)")

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 # Independent random streams derived from one seed.
-STREAM_INIT, STREAM_ORDER, STREAM_AUG, STREAM_PROBE, STREAM_FT, STREAM_CROP = range(6)
+(STREAM_INIT, STREAM_ORDER, STREAM_AUG, STREAM_PROBE, STREAM_FT, STREAM_CROP,
+ STREAM_SUBSET) = range(7)
 
 
 def seed_for(seed: int, index: int, stream: int) -> int:

@@ -18,13 +18,15 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from .augment import crop_boxes
-from .dataset import IMAGE_SUFFIXES, DataError, ImageDataset
+from .dataset import (
+    IMAGE_SUFFIXES, DataError, ImageDataset, check_subset, sample_name, stratified_indices,
+)
 from .runtime import STREAM_CROP, generator
 
 
@@ -59,7 +61,7 @@ class FolderFiles:
             digest = hashlib.sha256()
             for path, label in zip(self.files, self.labels.tolist()):
                 rel = os.path.relpath(path, self.source) if self.source else path
-                digest.update(f"{rel}|{os.path.getsize(path)}|{label}\n".encode())
+                digest.update(f"{rel}|{_size(path)}|{label}\n".encode())
             self._fingerprint = dict(
                 name=self.name, split=self.split, num_images=len(self),
                 shape=[3, self.img_size, self.img_size], num_classes=self.num_classes,
@@ -85,12 +87,32 @@ class FolderFiles:
                             self.classes, self.mean, self.std, self.source)
 
     def subset(self, n: int) -> FolderFiles:
-        """The first n files (in ImageFolder's order)."""
-        if not 0 < n <= len(self):
-            raise DataError(f"a subset of {n} images of {self.name} {self.split} cannot be taken: "
-                            f"it has {len(self)}; ask for 1 to {len(self)}.")
+        """The first n files (in ImageFolder's order); `ImageDataset.subset`."""
+        check_subset(self, n)
         return FolderFiles(self.name, f"{self.split}[:{n}]", self.files[:n], self.labels[:n],
                            self.classes, self.mean, self.std, self.img_size, self.source)
+
+    def sample(self, n: int, seed: int) -> FolderFiles:
+        """n files, an equal share of each class (`ImageDataset.sample`)."""
+        idx = stratified_indices(self.labels, self.num_classes, check_subset(self, n), seed)
+        return FolderFiles(self.name, sample_name(self, n, seed), [self.files[i] for i in idx],
+                           self.labels[idx], self.classes, self.mean, self.std, self.img_size,
+                           self.source)
+
+
+def _size(path: str) -> int:
+    """A file's size; -1 for one that cannot be read (a dangling link): the loader names it."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def loader_of(data: Any) -> str:
+    """The loader a dataset (or its recorded fingerprint) is read through: ``stream`` or
+    ``memory`` (an in-memory fingerprint has no ``loader`` entry)."""
+    fingerprint = data if isinstance(data, dict) else data.fingerprint()
+    return fingerprint.get("loader", "memory")
 
 
 def list_folder(folder: Path, classes: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -112,7 +134,7 @@ def list_folder(folder: Path, classes: list[str]) -> tuple[list[str], torch.Tens
 
 def fits_in_memory(num_images: int, size: int, share: float = 0.5) -> bool:
     """Whether the split decoded at ``size`` px (uint8) takes less than ``share`` of the memory
-    available now: what ``loader='auto'`` decides by."""
+    available now: whether evaluation can hold a streamed split (`FolderFiles.decode`)."""
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not Linux: assume 16 GB
@@ -120,27 +142,49 @@ def fits_in_memory(num_images: int, size: int, share: float = 0.5) -> bool:
     return num_images * 3 * size * size < share * available
 
 
-class _Crops(torch.utils.data.Dataset):
-    """Sample (index, step, slot) -> the crop of image ``index`` drawn for that slot of that step."""
+def read_rgb(path: str) -> np.ndarray:
+    """The pixels of an image file, (h, w, 3) uint8 (greyscale and CMYK become RGB); a file that
+    cannot be read (missing, empty, not an image, truncated) raises `DataError` with the reason
+    in one line."""
+    from PIL import Image
 
-    def __init__(self, data: FolderFiles, seed: int, augmentation: str, min_scale: float):
+    try:
+        with Image.open(path) as pil:
+            return np.asarray(pil.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(" ".join(str(e).split()) or type(e).__name__) from None
+
+
+class _Crops(torch.utils.data.Dataset):
+    """Sample (index, step, slot) -> (the crop of image ``index`` drawn for that slot of that
+    step, the files that could not be read, with why). With ``skip_bad``, an unreadable image's
+    place goes to the next readable one in the list (the same one on every resume and rank), its
+    crop drawn as the slot's; without, the crop is None. Nothing is raised in a worker."""
+
+    def __init__(self, data: FolderFiles, seed: int, augmentation: str, min_scale: float,
+                 skip_bad: bool = False):
         self.data, self.seed, self.augmentation, self.min_scale = data, seed, augmentation, min_scale
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor | None, list]:
         from torchvision.transforms.v2.functional import InterpolationMode, center_crop, resize
 
         index, step, slot = key
-        path, size = self.data.files[index], self.data.img_size
-        try:
-            with Image.open(path) as pil:
-                array = np.asarray(pil.convert("RGB"))  # greyscale and CMYK images become RGB
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot decode image {path} ({e}): the file is corrupted; delete "
-                            f"or replace it.") from None
+        size, failures = self.data.img_size, []
+        for offset in range(len(self.data)):
+            path = self.data.files[(index + offset) % len(self.data)]
+            try:
+                array = read_rgb(path)
+                break
+            except DataError as e:
+                failures.append((path, str(e)))
+                if not self.skip_bad:
+                    return None, failures
+        else:
+            return None, failures  # not one readable image
         img = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, h, w) uint8
         g = generator(self.seed, step * 2**16 + slot, STREAM_CROP)
         if self.augmentation == "rrc":
@@ -152,16 +196,51 @@ class _Crops(torch.utils.data.Dataset):
             img = center_crop(resize(img, [size], antialias=True), [size, size])
         if self.augmentation == "rrc" and torch.rand(1, generator=g).item() < 0.5:
             img = img.flip(-1)
-        return img
+        return img, failures
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, list]:
+    crops = [crop for crop, _ in items]
+    failures = [failure for _, found in items for failure in found]
+    return (None if any(c is None for c in crops) else torch.stack(crops)), failures
+
+
+class Stream:
+    """The micro-batches of `stream_batches`; ``skipped`` maps each file replaced so far to why
+    it could not be read (shared with the caller, who records it in the run)."""
+
+    def __init__(self, loader, skip_bad: bool, skipped: dict[str, str], log=None):
+        self.batches, self.skip_bad, self.skipped, self.log = iter(loader), skip_bad, skipped, log
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        crops, failures = next(self.batches)
+        for path, why in failures:
+            if not self.skip_bad or crops is None:
+                raise DataError(
+                    f"cannot read image {path} ({why}): delete or replace the file, or pass "
+                    f"--skip-bad-images (skip_bad_images=True) to train on the next readable "
+                    f"image in its place, named in the run's records.")
+            if path not in self.skipped:
+                self.skipped[path] = why
+                if self.log:
+                    self.log(f"skipped unreadable image {path} ({why}): the next readable one "
+                             f"takes its place")
+        return crops
 
 
 def stream_batches(data: FolderFiles, orders, batch_size: int, accum_steps: int, seed: int,
                    start: int, stop: int, steps_per_epoch: int, rank: int, world: int,
                    augmentation: str = "rrc", min_scale: float = 0.2, workers: int = 0,
-                   pin_memory: bool = False) -> Iterator[torch.Tensor]:
+                   pin_memory: bool = False, skip_bad_images: bool = False,
+                   skipped: dict[str, str] | None = None, log=None) -> Stream:
     """This rank's uint8 micro-batches (share, 3, S, S) for steps [start, stop), each accumulation
     part in turn, decoded ahead by ``workers`` processes. ``orders(epoch)`` is the epoch's order
-    of the images (`mae.train.epoch_order`)."""
+    of the images (`mae.train.epoch_order`). A file that cannot be read stops it with a
+    `DataError` naming the file, or with ``skip_bad_images`` is replaced (see `_Crops`), added
+    to ``skipped`` and logged; under DDP each rank knows the files it read."""
     if augmentation not in ("rrc", "none"):
         raise DataError(f"the streaming loader crops with rrc or none, not {augmentation!r}: "
                         f"use augmentation rrc or none, or loader memory.")
@@ -179,7 +258,7 @@ def stream_batches(data: FolderFiles, orders, batch_size: int, accum_steps: int,
                        for j in range(share)]
 
     loader = torch.utils.data.DataLoader(
-        _Crops(data, seed, augmentation, min_scale), batch_sampler=keys(), num_workers=workers,
-        pin_memory=pin_memory, prefetch_factor=4 if workers else None,
-        persistent_workers=False)
-    return iter(loader)
+        _Crops(data, seed, augmentation, min_scale, skip_bad_images), batch_sampler=keys(),
+        num_workers=workers, collate_fn=_collate, pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+    return Stream(loader, skip_bad_images, {} if skipped is None else skipped, log)

@@ -23,27 +23,26 @@ import torch
 from torch import nn
 
 from .checkpoint import (
-    CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
+    CHECKPOINT, CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
 )
 from .config import ConfigError, MAEConfig, check_hides_a_patch
 from .recipe import EXECUTION_KEYS, TrainConfig
 from .augment import augment, crop_boxes, normalize, resize_batch
 from .data import ImageDataset, load_dataset
-from .streaming import FolderFiles, stream_batches
+from .streaming import FolderFiles, loader_of, stream_batches
 from .hidden import HiddenPatchLoss
 from .masking import sample_noise
 from .model import MAE
 from .board import tensorboard_writer
 from .optim import lr_at, param_groups
-from .provenance import (
-    CpuClock, check_writable, provenance, remove_stale_temporaries, write_json_atomic,
+from .files import (
+    check_writable, holding_folder_lock, remove_stale_temporaries, write_json_atomic,
 )
+from .provenance import CpuClock, provenance
 from .runtime import (
     STREAM_AUG, STREAM_INIT, STREAM_ORDER, Dist, all_mean, autocast, autocast_dtype,
     fused_adamw, generator, init_distributed, precision_name, rng_state, seed_for, set_rng_state,
 )
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,6 +110,7 @@ class PretrainResult:
     history: list[dict[str, float]]
 
 
+@holding_folder_lock("out_dir", "pre-training", "run folder")
 def pretrain(
     model_config: MAEConfig | Mapping[str, Any], train_config: TrainConfig | Mapping[str, Any],
     out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
@@ -123,6 +123,7 @@ def pretrain(
     (``pretrain_metrics.json``) are written there. A folder that already holds a run is refused
     unless ``resume=True`` (continue it, with the same recipe and data) or ``overwrite=True``
     (replace it); ``resume=True`` on a folder without a checkpoint starts a new run and says so.
+    The folder is locked while the run lasts: a second run into it is refused at once.
     """
     mc = MAEConfig.from_dict(model_config)
     tc = TrainConfig.from_dict(train_config)
@@ -152,8 +153,8 @@ def pretrain(
     data = dataset if dataset is not None else load_dataset(
         tc.dataset, "train", data_root, img_size=None if tc.dataset.startswith("cifar") else
         mc.img_size, download=download, loader=tc.loader)
-    if tc.train_subset:
-        data = data.subset(tc.train_subset)
+    if tc.train_subset:  # an equal share of each class, of the seed; the fingerprint says so
+        data = data.sample(tc.train_subset, tc.seed)
     if data.channels != mc.in_chans:
         raise ConfigError(f"{data.name} has {data.channels} channels but in_chans is "
                           f"{mc.in_chans}.")
@@ -174,7 +175,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     configs = {"model": mc.to_dict(), "train": tc.to_dict()}
 
-    start, history, wall_before, cpu_before = 0, [], 0.0, 0.0
+    start, history, wall_before, cpu_before, skipped = 0, [], 0.0, 0.0, {}
     if out is not None and overwrite:
         for name in (CHECKPOINT, "history.csv", "history.json", "pretrain_metrics.json"):
             if info.main:
@@ -195,6 +196,7 @@ def pretrain(
             set_rng_state(ckpt["rng"])
             start, history, wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
             cpu_before = ckpt.get("cpu_time", 0.0)  # absent before CPU time was recorded
+            skipped = dict(ckpt.get("skipped_images") or {})  # unreadable files replaced
             if info.main:
                 log(f"resuming {out} at step {start} of {stop}")
     # Training predicts the hidden patches only: the same loss and gradients as model(images).
@@ -213,7 +215,7 @@ def pretrain(
                 "history": history, "config": configs, "data": data.fingerprint(),
                 "precision": precision_name(amp),
                 "wall_time": wall_before + time.perf_counter() - t0,
-                "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"],
+                "cpu_time": cpu_before + clock.elapsed()["cpu_time_s"], "skipped_images": skipped,
             })
             write_history(out, history)
             if board is not None:
@@ -229,8 +231,8 @@ def pretrain(
     stream = stream_batches(
         data, lambda epoch: epoch_order(len(data), tc.seed, epoch), tc.batch_size, tc.accum_steps,
         tc.seed, start, stop, steps_per_epoch, info.rank, info.world, tc.augmentation,
-        tc.crop_min_scale, tc.num_workers, device.type == "cuda",
-    ) if isinstance(data, FolderFiles) else None
+        tc.crop_min_scale, tc.num_workers, device.type == "cuda", tc.skip_bad_images, skipped,
+        log if info.main else None) if isinstance(data, FolderFiles) else None
     order, order_epoch = None, -1
     for step in range(start, stop):
         t_step = time.perf_counter()
@@ -291,7 +293,8 @@ def pretrain(
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
         "cpu_time_s": cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],
         "config": configs, "provenance": provenance(str(device)), "device": str(device), "precision": str(amp or torch.float32),
-        "world_size": info.world, "data": data.fingerprint(),
+        "world_size": info.world, "data": data.fingerprint(), "loader": loader_of(data),
+        "skipped_images": skipped,
     }
     if out is not None and info.main:
         metrics["checkpoint"] = str(out / CHECKPOINT)
@@ -300,8 +303,13 @@ def pretrain(
 
 
 def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
-    """A run continues on the data it started on (checkpoints from before this check carry no
-    fingerprint and are taken as they are)."""
+    """A run continues on the data it started on, through the same loader (checkpoints from
+    before this check carry no fingerprint and are taken as they are)."""
+    if found and loader_of(found) != loader_of(now):
+        raise CheckpointError(
+            f"{path} was trained through the {loader_of(found)} loader, now the {loader_of(now)} "
+            f"loader would continue it (other crops of other pixels): resume with --loader "
+            f"{loader_of(found)}, or start a new run in another folder.")
     if found and found.get("sha256") != now.get("sha256"):
         raise CheckpointError(
             f"{path} was trained on other data: checkpoint {found.get('sha256', '?')[:16]} "

@@ -161,3 +161,45 @@ def test_augment_identity_box_and_flip():
     # A crop of the top-left quadrant, upsampled x2, starts with that quadrant's first pixel.
     quad = augment(images, 8, torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3), torch.zeros(3, dtype=torch.bool), mean, std)
     torch.testing.assert_close(quad[:, :, ::2, ::2].mean(), expected[:, :, :4, :4].mean(), atol=0.05, rtol=0)
+
+
+def class_sorted(counts: list[int]) -> ImageDataset:
+    """Images stored class by class (as an image folder is), each marked with its index."""
+    n = sum(counts)
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n) % 256
+    images[:, 0, 0, 1] = torch.arange(n) // 256
+    labels = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+    return ImageDataset("sorted", "train", images, labels, [f"c{i}" for i in range(len(counts))],
+                        (0.5,) * 3, (0.25,) * 3)
+
+
+def picked(data: ImageDataset) -> list[int]:
+    return (data.images[:, 0, 0, 0].long() + 256 * data.images[:, 0, 0, 1].long()).tolist()
+
+
+def test_a_training_subset_is_stratified_seeded_and_recorded():
+    data = class_sorted([50, 50, 50])
+    a = data.sample(30, seed=0)
+    assert torch.bincount(a.labels).tolist() == [10, 10, 10]  # not the first 30: one class
+    assert picked(a) == picked(data.sample(30, seed=0)) and picked(a) == sorted(picked(a))
+    assert picked(a) != picked(data.sample(30, seed=1))
+    assert a.split == "train[stratified 30 of 150, seed 0]" and a.fingerprint()["split"] == a.split
+    assert sorted(torch.bincount(data.sample(31, seed=0).labels).tolist()) == [10, 10, 11]
+    uneven = class_sorted([5, 100, 100]).sample(60, seed=2)
+    assert sorted(torch.bincount(uneven.labels).tolist()) == [5, 27, 28]  # the small class whole
+    assert torch.equal(data.sample(150, seed=3).images, data.images)
+    for n in (0, 151):
+        with pytest.raises(DataError, match=f"a subset of {n} images of sorted train cannot"):
+            data.sample(n, seed=0)
+
+
+def test_pretrain_trains_on_a_stratified_subset_of_train_subset_images():
+    from conftest import SMALL
+    from mae.train import pretrain
+
+    data = class_sorted([32, 32, 32, 32])
+    run = pretrain(SMALL, dict(train_subset=64, batch_size=32, max_steps=1, num_threads=1,
+                               seed=5, checkpoint_every=0), dataset=data, progress=False)
+    assert run.metrics["data"]["split"] == "train[stratified 64 of 128, seed 5]"
+    assert run.metrics["data"]["sha256"] == data.sample(64, seed=5).fingerprint()["sha256"]

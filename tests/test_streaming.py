@@ -63,17 +63,43 @@ def test_every_crop_is_a_function_of_seed_step_and_slot(jpeg_folder):
     assert not torch.equal(whole[0], whole[4])  # epoch 1: another order, other crops
 
 
-def test_the_loader_is_chosen_by_decoded_size(jpeg_folder, monkeypatch):
-    name = f"folder:{jpeg_folder}"
-    assert isinstance(load_dataset(name, "train", img_size=32, loader="auto"), ImageDataset)
-    for where in ("mae.data", "mae.streaming"):  # as if it were ImageNet-1K
-        monkeypatch.setattr(f"{where}.fits_in_memory", lambda n, size: False)
-    streamed = load_dataset(name, "val", img_size=32, loader="auto")
+@pytest.mark.parametrize("fits", [True, False])
+def test_auto_resolves_by_the_dataset_not_by_free_memory(jpeg_folder, tmp_path, monkeypatch, fits):
+    """One command, one augmentation on any machine: folder: sets stream (the official transform,
+    crops of the full image), the named sets are held in memory, whatever the free memory."""
+    from test_data import _fake_folder
+
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
+    for where in ("mae.data", "mae.streaming"):  # a large host, or one as small as for ImageNet
+        monkeypatch.setattr(f"{where}.fits_in_memory", lambda n, size: fits, raising=False)
+    streamed = load_dataset(f"folder:{jpeg_folder}", "val", img_size=32, loader="auto")
     assert isinstance(streamed, FolderFiles) and len(streamed) == 12
-    with pytest.raises(DataError, match="evaluation holds them in memory: evaluate on fewer"):
-        streamed.decode()
+    _fake_folder(tmp_path / "data")
+    held = load_dataset("imagenette", "train", root=tmp_path / "data", img_size=16, loader="auto")
+    assert isinstance(held, ImageDataset)
     with pytest.raises(DataError, match="loader 'stream' is for image folders"):
         load_dataset("cifar10", "train", loader="stream")
+    if not fits:
+        with pytest.raises(DataError, match="evaluation holds them in memory: evaluate on fewer"):
+            streamed.decode()
+
+
+def test_the_loader_is_recorded_and_checked_on_resume(jpeg_folder, tmp_path):
+    from conftest import SMALL
+    from mae.checkpoint import CheckpointError
+    from mae.train import pretrain
+
+    recipe = dict(batch_size=16, epochs=1.0, warmup_epochs=0.0, num_workers=0, num_threads=1,
+                  dataset=f"folder:{jpeg_folder}", max_steps=1)
+    held = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="memory")
+    first = pretrain(SMALL, recipe, tmp_path, dataset=held, progress=False)
+    assert first.metrics["loader"] == "memory"
+    streamed = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="stream")
+    with pytest.raises(CheckpointError, match=r"trained through the memory loader, now the stream loader"):
+        pretrain(SMALL, {**recipe, "max_steps": 2}, tmp_path, dataset=streamed, resume=True,
+                 progress=False)
+    second = pretrain(SMALL, recipe, tmp_path / "s", dataset=streamed, progress=False)
+    assert second.metrics["loader"] == "stream"
 
 
 def pretrain_cli(folder, out, *extra):
@@ -157,3 +183,69 @@ def test_the_paper_tier_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     assert record["data"]["train"]["loader"] == "stream"
     assert record["data"]["train"]["num_images"] == 200
     assert record["metrics"]["pretrain_steps"] == 2 and "finetune_top1" in record["metrics"]
+
+
+def test_a_streamed_training_subset_is_stratified_too(jpeg_folder):
+    data = load_dataset(f"folder:{jpeg_folder}", "train", img_size=32, loader="stream")
+    part = data.sample(12, seed=0)
+    assert torch.bincount(part.labels).tolist() == [4, 4, 4] and len(part.files) == 12
+    assert part.split == "train[stratified 12 of 72, seed 0]"
+    assert part.fingerprint()["split"] == part.split and part.files == sorted(part.files)
+    assert part.files == data.sample(12, seed=0).files != data.sample(12, seed=1).files
+
+
+@pytest.fixture
+def bad_folder(jpeg_folder, tmp_path):
+    """The JPEG folder with an empty file, a text file, a truncated JPEG and a dangling link."""
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(jpeg_folder, root)
+    bad = [root / "train" / c / f for c, f in (("ant", "000.jpg"), ("bee", "001.jpg"),
+                                               ("cat", "002.jpg"), ("cat", "003.jpg"))]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not an image at all\n")
+    bad[2].write_bytes(bad[2].read_bytes()[:300])
+    bad[3].unlink()
+    bad[3].symlink_to(tmp_path / "nowhere.jpg")
+    return root, sorted(map(str, bad))
+
+
+def test_a_bad_image_is_one_line_naming_it_or_is_skipped_and_recorded(bad_folder):
+    root, bad = bad_folder
+    data = load_dataset(f"folder:{root}", "train", img_size=32, loader="stream")
+    assert len(data) == 72 and data.fingerprint()["num_images"] == 72  # the link is listed
+    for workers in (0, 2):
+        with pytest.raises(DataError) as error:
+            batches(data, 0, 12, workers=workers)
+        message = str(error.value)
+        assert "\n" not in message and "Traceback" not in message
+        assert message.startswith("cannot read image ") and message.split()[3] in bad
+        assert "--skip-bad-images" in message
+    runs = []
+    for workers in (0, 2):
+        stream = stream_batches(data, lambda e: epoch_order(len(data), 0, e), 16, 1, 0, 0, 12, 4,
+                                0, 1, workers=workers, skip_bad_images=True)
+        runs.append(([b.clone() for b in stream], stream.skipped))
+    (first, skipped), (second, skipped_again) = runs
+    assert len(first) == 12 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert sorted(skipped) == bad and skipped == skipped_again  # path -> why, in one line each
+    assert all("\n" not in why for why in skipped.values())
+
+
+def test_a_run_stopped_by_a_bad_image_resumes_past_it_with_skip_bad_images(bad_folder, tmp_path):
+    root, bad = bad_folder
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    stopped = subprocess.run(pretrain_cli(root, out), env=env, capture_output=True, text=True,
+                             cwd=ROOT)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot read image ") and line.split()[4] in bad
+    resumed = subprocess.run(pretrain_cli(root, out, "--resume", "--skip-bad-images"), env=env,
+                             capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "pretrain_metrics.json").read_text())
+    assert metrics["steps"] == 12 and sorted(metrics["skipped_images"]) == bad
+    assert sorted(load_checkpoint(out / "checkpoint.pt")["skipped_images"]) == bad
+    assert f"skipped unreadable image {bad[0]}" in resumed.stderr
