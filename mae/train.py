@@ -9,7 +9,6 @@ one process with the whole batch sees.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -22,11 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CHECKPOINT, CheckpointError, check_config, load_checkpoint, save_checkpoint, write_history,
-)
+from .checkpoint import CHECKPOINT, save_checkpoint, write_history
 from .config import ConfigError, MAEConfig, check_hides_a_patch
-from .recipe import EXECUTION_KEYS, TrainConfig
+from .recipe import TrainConfig
+from .resume import resumable_checkpoint
 from .augment import augment, crop_boxes, normalize, resize_batch
 from .data import ImageDataset, load_dataset
 from .streaming import FolderFiles, loader_of, stream_batches
@@ -185,11 +183,7 @@ def pretrain(
             if info.main:
                 log(f"no checkpoint in {out}: starting a new run there")
         else:
-            ckpt = load_checkpoint(out / CHECKPOINT, expected={"model": configs["model"]},
-                                   map_location=device, defaults={"model": MAEConfig().to_dict()})
-            _check_resumable(ckpt["config"]["train"], configs["train"])
-            _check_same_precision(ckpt, amp, tc.precision, out / CHECKPOINT)
-            _check_same_data(ckpt.get("data"), data.fingerprint(), out / CHECKPOINT)
+            ckpt = resumable_checkpoint(out / CHECKPOINT, configs, data.fingerprint(), amp, device)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
@@ -300,48 +294,3 @@ def pretrain(
         metrics["checkpoint"] = str(out / CHECKPOINT)
         write_json_atomic(out / "pretrain_metrics.json", metrics)
     return PretrainResult(model, metrics, history)
-
-
-def _check_same_data(found: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
-    """A run continues on the data it started on, through the same loader (checkpoints from
-    before this check carry no fingerprint and are taken as they are)."""
-    if found and loader_of(found) != loader_of(now):
-        raise CheckpointError(
-            f"{path} was trained through the {loader_of(found)} loader, now the {loader_of(now)} "
-            f"loader would continue it (other crops of other pixels): resume with --loader "
-            f"{loader_of(found)}, or start a new run in another folder.")
-    if found and found.get("sha256") != now.get("sha256"):
-        raise CheckpointError(
-            f"{path} was trained on other data: checkpoint {found.get('sha256', '?')[:16]} "
-            f"({found.get('num_images', '?')} images) vs now {now.get('sha256', '?')[:16]} "
-            f"({now.get('num_images', '?')} images). Resume with the data it started on, or start "
-            f"a new run in another folder.")
-
-
-def _check_same_precision(ckpt: Mapping[str, Any], amp: torch.dtype | None, asked: str,
-                          path: Path) -> None:
-    """A run continues in the precision it ran in: ``auto`` may resolve otherwise on another
-    machine (bf16 where a CPU has it natively), so the resolved precision is what must match.
-    A checkpoint from before it was recorded must be resumed with the precision it was given."""
-    found, now = ckpt.get("precision"), precision_name(amp)
-    if found is None:
-        given = ckpt["config"]["train"].get("precision", "auto")
-        if given != asked:
-            raise CheckpointError(f"{path} was trained with precision {given!r}: resume with "
-                                  f"--precision {given}, or start a new run in another folder.")
-    elif found != now:
-        raise CheckpointError(
-            f"{path} was trained in {found}, but precision {asked!r} runs {now} here: resume "
-            f"with --precision {found} (where bf16 is not native to the CPU it is many times "
-            f"slower), or start a new run in another folder.")
-
-
-def _check_resumable(found: Mapping[str, Any], want: Mapping[str, Any]) -> None:
-    """The recipe must match to resume; how far to run (max_steps) and checkpointing may change,
-    and so may how precision is named (the resolved precision is checked on its own)."""
-    free = {"max_steps", "precision", *EXECUTION_KEYS}
-    check_config({k: v for k, v in found.items() if k not in free},
-                 {k: v for k, v in want.items() if k not in free}, "checkpoint (train config)",
-                 defaults={k: v for k, v in TrainConfig().to_dict().items() if k not in free})
-
-
