@@ -23,6 +23,7 @@ from typing import Any
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
 from .recipe import EXECUTION_KEYS, EvalConfig, TrainConfig
 from .provenance import write_json_atomic
+from .specs import check_sweep, check_tier
 
 TEMPLATE = Path("notebooks") / "ablation.ipynb"
 SWEPT = ("mask_ratio", "mask_sampling", "decoder_layers", "decoder_dim", "norm_pix_loss",
@@ -53,9 +54,14 @@ def sweep_names(root: Path) -> list[str]:
 
 
 def load_tier(root: Path, name: str) -> dict[str, Any]:
-    tiers = load_yaml(root / "ablations" / "tiers.yaml")
+    path = root / "ablations" / "tiers.yaml"
+    tiers = load_yaml(path)
+    if not isinstance(tiers, dict):
+        raise ConfigError(f"{path} must be a mapping of tier names to tiers, not a "
+                          f"{type(tiers).__name__}.")
     if name not in tiers:
         raise unknown_key_error(name, list(tiers), "tier")
+    check_tier(path, name, tiers[name])
     return {"name": name, **tiers[name]}
 
 
@@ -65,30 +71,15 @@ def load_sweep(root: Path, name: str) -> dict[str, Any]:
         raise unknown_key_error(name, names, "sweep")
     path = root / "ablations" / f"{name}.yaml"
     spec = load_yaml(path)
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path} must be a mapping (title:, tiers:, and points: or parameter: "
-                          f"with values:), not a {type(spec).__name__}.")
-    shorthand = "parameter" in spec and isinstance(spec.get("values"), list)
-    missing = [k for k in ("title", "tiers") if k not in spec]
-    if missing or not (shorthand or isinstance(spec.get("points"), list)):
-        raise ConfigError(f"{path} lacks {', '.join(missing) or 'its points'}: a sweep needs "
-                          f"title:, tiers: and either points: (a list) or parameter: with "
-                          f"values: (a list); see ablations/mask_ratio.yaml.")
+    check_sweep(path, spec, SWEPT)
     spec.setdefault("paper_source", "")
     if "points" not in spec:  # shorthand: one parameter, a list of values
         spec["points"] = [{"label": f"{spec['parameter']}={fmt(v)}", "set": {spec["parameter"]: v},
                            "paper": (spec.get("paper") or {}).get(v, {}), "value": v}
                           for v in spec["values"]]
-    for i, point in enumerate(spec["points"]):
-        if not isinstance(point, dict) or "label" not in point or not isinstance(
-                point.get("set"), dict):
-            raise ConfigError(f"{path} point {i} must be a mapping with label: and set: (the "
-                              f"model fields it changes), got {point!r}.")
+    for point in spec["points"]:
         point.setdefault("value", point["label"])
-        point.setdefault("paper", {})
-        for key in point["set"]:
-            if key not in SWEPT:
-                raise unknown_key_error(key, list(SWEPT), f"swept field in {name}.yaml point {i}")
+        point["paper"] = point.get("paper") or {}
     return spec
 
 
