@@ -118,6 +118,10 @@ def sweep_points(
     seeds: list[int] | None = None, results: Path | None = None,
 ) -> list[Point]:
     """Every (point, seed) of a sweep at a tier, with its run folder and notebook parameters."""
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))} names seed "
+                          f"{', '.join(map(str, repeated))} more than once: give each seed once.")
     spec = load_sweep(root, sweep)
     if tier_name not in spec["tiers"]:
         raise ConfigError(f"sweep {sweep!r} has no {tier_name!r} tier; its tiers: "
@@ -225,7 +229,7 @@ def run_sweep(
     for point in points:  # every point's configs, before anything runs
         resolved_configs(point.parameters)
     stale = check_stale(points, sweep, tier, rerun_stale)
-    failed = 0
+    failed = elsewhere = 0
     for i, point in enumerate(points, 1):
         head = f"[{i}/{len(points)}] {sweep} {point.label} seed {point.seed}"
         metrics_file = point.run_dir / "metrics.json"
@@ -243,6 +247,7 @@ def run_sweep(
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
+            elsewhere += 1
             log(f"{head}: running in another process, skipped ({point.run_dir})")
             continue
         if metrics_file.is_file():  # finished by another process while we looked
@@ -274,8 +279,10 @@ def run_sweep(
                             for k in ("probe_top1", "knn_top1", "finetune_top1")
                             if k in metrics["metrics"])
         log(f"{head}: done in {time.perf_counter() - t0:.0f} s ({summary})")
-    log(f"{sweep} at tier {tier}: {len(points) - failed} of {len(points)} points complete"
-        + (f", {failed} failed (see error.json in their folders)" if failed else ""))
+    done = sum((p.run_dir / "metrics.json").is_file() for p in points)
+    log(f"{sweep} at tier {tier}: {done} of {len(points)} points complete"
+        + (f", {failed} failed (see error.json in their folders)" if failed else "")
+        + (f", {len(points) - done - failed} left to another process" if elsewhere else ""))
     return failed
 
 
