@@ -240,10 +240,8 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
 
 
 def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figures = results / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -253,7 +251,9 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
                   for r in done)
     x = [r["value"] for r in done] if numeric else list(range(len(done)))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))  # not pyplot: the caller's backend and figures are left alone
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for metric, name, marker, color in (("probe_top1", "linear probe (ours)", "o", "C0"),
                                         ("knn_top1", "kNN (ours)", "s", "C1"),
                                         ("finetune_top1", "fine-tune (ours)", "^", "C2")):
@@ -297,5 +297,4 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3), 1, 1))
     png = io.BytesIO()
     fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
-    plt.close(fig)
     return write_bytes_atomic(figures / f"{stem}.png", png.getvalue())
