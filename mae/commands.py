@@ -284,8 +284,8 @@ def cmd_ablate(args) -> int:
             argv += ["--seeds", *map(str, args.seeds)]
         if args.results:
             argv += ["--results", args.results]
-        run_dirs = [p.run_dir for sweep in sweeps
-                    for p in sweep_points(root, sweep, args.tier, args.dataset, args.seeds, results)]
+        run_dirs = [p.run_dir for sweep in sweeps for p in sweep_points(
+            root, sweep, args.tier, args.dataset, args.seeds, results)]
         return run_local_jobs(argv, args.jobs, run_dirs)
     failed = 0
     prefix = f"[job {os.environ['MAE_ABLATE_JOB']}] " if "MAE_ABLATE_JOB" in os.environ else ""
