@@ -1,8 +1,15 @@
-"""mae report on run folders made here (no notebook runs)."""
+"""mae report on run folders made here (no notebook runs): tables follow their runs, a malformed
+run folder is named and skipped, the caller's matplotlib backend is left alone."""
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from mae import ConfigError
 from mae.ablate import resolved_configs, sweep_points
 from mae.report import report
 
@@ -25,6 +32,81 @@ def fake_run(results: Path, sweep: str, point_name: str, seed: int = 0, probe: f
     point.run_dir.mkdir(parents=True)
     (point.run_dir / "metrics.json").write_text(json.dumps(record))
     return point.run_dir
+
+
+def mae_report(results: Path):
+    return subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+STEMS = ("tables/mask_ratio-smoke.csv", "tables/mask_ratio-smoke.md",
+         "tables/mask_ratio-smoke-runs.csv", "figures/mask_ratio-smoke.png")
+
+
+def test_a_table_and_its_figure_go_with_their_runs(tmp_path):
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    ratio = fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    depth = fake_run(results, "decoder_depth", "decoder_layers=1")
+    (results / "tables").mkdir(parents=True)
+    (results / "tables" / "notes.txt").write_text("not the report's")
+    report(results, ROOT, log=lambda line: None)
+    assert all((results / stem).is_file() for stem in STEMS)
+    depth_md = (results / "tables" / "decoder_depth-smoke.md").read_bytes()
+
+    # Stale: the run now resolves to other configs; its table is removed, not left as it was.
+    record = json.loads((ratio / "metrics.json").read_text())
+    record["config"]["eval"]["probe_epochs"] += 1
+    (ratio / "metrics.json").write_text(json.dumps(record))
+    lines = []
+    report(results, ROOT, log=lines.append)
+    assert not any((results / stem).exists() for stem in STEMS)
+    assert any("mask_ratio-smoke.md: removed" in line for line in lines)
+    assert (results / "tables" / "decoder_depth-smoke.md").read_bytes() == depth_md
+    assert (results / "tables" / "notes.txt").is_file()  # not one of the report's files
+
+    shutil.rmtree(ratio)  # removed: the same
+    fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    report(results, ROOT, log=lambda line: None)
+    assert all((results / stem).is_file() for stem in STEMS)
+    shutil.rmtree(depth.parent)
+    report(results, ROOT, log=lambda line: None)
+    assert not (results / "tables" / "decoder_depth-smoke.md").exists()
+    assert not (results / "figures" / "decoder_depth-smoke.png").exists()
+    assert all((results / stem).is_file() for stem in STEMS)
+
+
+def test_a_missing_results_folder_is_an_error(tmp_path):
+    run = mae_report(tmp_path / "nowhere")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "nowhere" in line and "does not exist" in line
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no runs/ folder"):
+        report(tmp_path / "empty", ROOT)
+
+
+def test_a_malformed_run_folder_is_named_and_the_rest_is_written(tmp_path):
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    half = fake_run(results, "mask_ratio", "mask_ratio=0.5", probe=25.0)
+    text = (half / "metrics.json").read_text()
+    (half / "metrics.json").write_text(text[:len(text) // 2])  # truncated
+    copy = half.parent.parent / "mask_ratio=0.1" / "seed0_copy"
+    shutil.copytree(half.parent.parent / "mask_ratio=0.1" / "seed0", copy)
+    stray = results / "runs" / "smoke" / "cifar100" / "default" / "seed0"
+    shutil.copytree(half.parent.parent / "default" / "seed0", stray)
+    empty = fake_run(results, "mask_ratio", "mask_ratio=0.9")
+    (empty / "metrics.json").write_text("{}")  # no metrics, no configs
+    run = mae_report(results)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    for folder in (half, copy, stray.parent.parent, empty):
+        assert f"{folder}: skipped" in run.stdout, (folder, run.stdout)
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "4 run folders were skipped" in line
+    table = (results / "tables" / "mask_ratio-smoke.md").read_text()
+    assert "| mask_ratio=0.1 | 1 | 20.0 |" in table and "| mask_ratio=0.5 | 0 |" in table
 
 
 def test_the_report_leaves_the_callers_matplotlib_backend_alone(tmp_path):
