@@ -16,9 +16,10 @@ from mae.report import report
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_run(results: Path, sweep: str, point_name: str, seed: int = 0, probe: float = 30.0):
-    """A finished run of a smoke-tier point, recorded with the configs it resolves to now."""
-    (point,) = [p for p in sweep_points(ROOT, sweep, "smoke", seeds=[seed], results=results)
+def fake_run(results: Path, sweep: str, point_name: str, seed: int = 0, probe: float = 30.0,
+             tier: str = "smoke", dataset: str | None = None):
+    """A finished run of a point, recorded with the configs it resolves to now."""
+    (point,) = [p for p in sweep_points(ROOT, sweep, tier, dataset, [seed], results)
                 if p.name == point_name]
     config = resolved_configs(point.parameters)
     record = {
@@ -123,3 +124,14 @@ def test_the_report_leaves_the_callers_matplotlib_backend_alone(tmp_path):
         assert (results / "figures" / "mask_ratio-smoke.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         matplotlib.use(before)
+
+
+def test_a_dataset_folder_is_read_as_the_tier_dataset_it_was_named_for(tmp_path):
+    results = tmp_path / "results"  # paper-dry's dataset folder:$IMAGENET has folder_IMAGENET
+    fake_run(results, "mask_ratio", "default", tier="paper-dry", dataset="folder:$IMAGENET")
+    run = fake_run(results, "mask_ratio", "mask_ratio=0.5", tier="paper-dry",
+                   dataset="folder:$IMAGENET")
+    assert run.parts[-3] == "folder_IMAGENET"
+    report(results, ROOT, log=lambda line: None)
+    table = (results / "tables" / "mask_ratio-paper-dry-folder_IMAGENET.md").read_text()
+    assert "(paper-dry tier, folder:$IMAGENET)" in table and "| mask_ratio=0.5 | 1 |" in table
