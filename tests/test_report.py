@@ -100,12 +100,17 @@ def test_a_malformed_run_folder_is_named_and_the_rest_is_written(tmp_path):
     shutil.copytree(half.parent.parent / "default" / "seed0", stray)
     empty = fake_run(results, "mask_ratio", "mask_ratio=0.9")
     (empty / "metrics.json").write_text("{}")  # no metrics, no configs
+    old_tier = results / "runs" / "smoke-old"
+    shutil.copytree(results / "runs" / "smoke", old_tier)  # a tier since renamed
+    (results / "runs" / "reader").mkdir()  # records of other commands: not runs, not skipped
+    (results / "runs" / "reader" / "frozen.json").write_text("{}")
     run = mae_report(results)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    for folder in (half, copy, stray.parent.parent, empty):
+    for folder in (half, copy, stray.parent.parent, empty, old_tier):
         assert f"{folder}: skipped" in run.stdout, (folder, run.stdout)
+    assert "reader" not in run.stdout
     (line,) = run.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "4 run folders were skipped" in line
+    assert line.startswith("error: ") and "5 run folders were skipped" in line
     table = (results / "tables" / "mask_ratio-smoke.md").read_text()
     assert "| mask_ratio=0.1 | 1 | 20.0 |" in table and "| mask_ratio=0.5 | 0 |" in table
 
