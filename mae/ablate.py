@@ -23,6 +23,7 @@ from typing import Any
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
 from .recipe import EXECUTION_KEYS, EvalConfig, TrainConfig
 from .provenance import write_json_atomic
+from .specs import check_sweep, check_tier
 
 TEMPLATE = Path("notebooks") / "ablation.ipynb"
 SWEPT = ("mask_ratio", "mask_sampling", "decoder_layers", "decoder_dim", "norm_pix_loss",
@@ -53,9 +54,14 @@ def sweep_names(root: Path) -> list[str]:
 
 
 def load_tier(root: Path, name: str) -> dict[str, Any]:
-    tiers = load_yaml(root / "ablations" / "tiers.yaml")
+    path = root / "ablations" / "tiers.yaml"
+    tiers = load_yaml(path)
+    if not isinstance(tiers, dict):
+        raise ConfigError(f"{path} must be a mapping of tier names to tiers, not a "
+                          f"{type(tiers).__name__}.")
     if name not in tiers:
         raise unknown_key_error(name, list(tiers), "tier")
+    check_tier(path, name, tiers[name])
     return {"name": name, **tiers[name]}
 
 
@@ -65,30 +71,15 @@ def load_sweep(root: Path, name: str) -> dict[str, Any]:
         raise unknown_key_error(name, names, "sweep")
     path = root / "ablations" / f"{name}.yaml"
     spec = load_yaml(path)
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path} must be a mapping (title:, tiers:, and points: or parameter: "
-                          f"with values:), not a {type(spec).__name__}.")
-    shorthand = "parameter" in spec and isinstance(spec.get("values"), list)
-    missing = [k for k in ("title", "tiers") if k not in spec]
-    if missing or not (shorthand or isinstance(spec.get("points"), list)):
-        raise ConfigError(f"{path} lacks {', '.join(missing) or 'its points'}: a sweep needs "
-                          f"title:, tiers: and either points: (a list) or parameter: with "
-                          f"values: (a list); see ablations/mask_ratio.yaml.")
+    check_sweep(path, spec, SWEPT)
     spec.setdefault("paper_source", "")
     if "points" not in spec:  # shorthand: one parameter, a list of values
         spec["points"] = [{"label": f"{spec['parameter']}={fmt(v)}", "set": {spec["parameter"]: v},
                            "paper": (spec.get("paper") or {}).get(v, {}), "value": v}
                           for v in spec["values"]]
-    for i, point in enumerate(spec["points"]):
-        if not isinstance(point, dict) or "label" not in point or not isinstance(
-                point.get("set"), dict):
-            raise ConfigError(f"{path} point {i} must be a mapping with label: and set: (the "
-                              f"model fields it changes), got {point!r}.")
+    for point in spec["points"]:
         point.setdefault("value", point["label"])
-        point.setdefault("paper", {})
-        for key in point["set"]:
-            if key not in SWEPT:
-                raise unknown_key_error(key, list(SWEPT), f"swept field in {name}.yaml point {i}")
+        point["paper"] = point.get("paper") or {}
     return spec
 
 
@@ -127,6 +118,10 @@ def sweep_points(
     seeds: list[int] | None = None, results: Path | None = None,
 ) -> list[Point]:
     """Every (point, seed) of a sweep at a tier, with its run folder and notebook parameters."""
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))} names seed "
+                          f"{', '.join(map(str, repeated))} more than once: give each seed once.")
     spec = load_sweep(root, sweep)
     if tier_name not in spec["tiers"]:
         raise ConfigError(f"sweep {sweep!r} has no {tier_name!r} tier; its tiers: "
@@ -234,7 +229,7 @@ def run_sweep(
     for point in points:  # every point's configs, before anything runs
         resolved_configs(point.parameters)
     stale = check_stale(points, sweep, tier, rerun_stale)
-    failed = 0
+    failed = elsewhere = 0
     for i, point in enumerate(points, 1):
         head = f"[{i}/{len(points)}] {sweep} {point.label} seed {point.seed}"
         metrics_file = point.run_dir / "metrics.json"
@@ -252,6 +247,7 @@ def run_sweep(
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
+            elsewhere += 1
             log(f"{head}: running in another process, skipped ({point.run_dir})")
             continue
         if metrics_file.is_file():  # finished by another process while we looked
@@ -283,8 +279,10 @@ def run_sweep(
                             for k in ("probe_top1", "knn_top1", "finetune_top1")
                             if k in metrics["metrics"])
         log(f"{head}: done in {time.perf_counter() - t0:.0f} s ({summary})")
-    log(f"{sweep} at tier {tier}: {len(points) - failed} of {len(points)} points complete"
-        + (f", {failed} failed (see error.json in their folders)" if failed else ""))
+    done = sum((p.run_dir / "metrics.json").is_file() for p in points)
+    log(f"{sweep} at tier {tier}: {done} of {len(points)} points complete"
+        + (f", {failed} failed (see error.json in their folders)" if failed else "")
+        + (f", {len(points) - done - failed} left to another process" if elsewhere else ""))
     return failed
 
 

@@ -194,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .convert import ConversionError
     from .data import DataError
+    from .executors import JobError
     from .train import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, ConversionError, NonFiniteLossError,
-            OSError) as e:
+            JobError, OSError) as e:
         if args.debug or os.environ.get("MAE_DEBUG") == "1":
             raise
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # no terminal colour codes from torch

@@ -272,7 +272,7 @@ def slurm_args(args, *more: str) -> dict:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import project_root, run_sweep, sweep_names
+    from .ablate import project_root, run_sweep, sweep_names, sweep_points
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
@@ -307,7 +307,9 @@ def cmd_ablate(args) -> int:
             argv += ["--seeds", *map(str, args.seeds)]
         if args.results:
             argv += ["--results", args.results]
-        return run_local_jobs(argv, args.jobs)
+        run_dirs = [p.run_dir for sweep in sweeps for p in sweep_points(
+            root, sweep, args.tier, args.dataset, args.seeds, results)]
+        return run_local_jobs(argv, args.jobs, run_dirs)
     failed = 0
     prefix = f"[job {os.environ['MAE_ABLATE_JOB']}] " if "MAE_ABLATE_JOB" in os.environ else ""
     for sweep in sweeps:

@@ -64,11 +64,13 @@ def pretrain_run(model_config: MAEConfig, train_config: TrainConfig, out_dir: Pa
                           json.loads((out_dir / "history.json").read_text()))
 
 
-def run_local_jobs(argv: list[str], jobs: int) -> int:
+def run_local_jobs(argv: list[str], jobs: int, run_dirs: list[Path]) -> int:
     """``--executor local --jobs N``: N copies of the ablate command ``argv``, each an inline
     runner. They walk the same points; a point's folder lock lets only one of them run it, the
     others go on to the next. Each worker gets its own GPU where there are N of them, else its
-    share of the CPU cores as its thread count. Exit status 1 if any worker had a failed point."""
+    share of the CPU cores as its thread count. Exit status 1 if any worker had a failed point,
+    or if any of the points (``run_dirs``) is not finished when the workers are: a point whose
+    lock another process held (e.g. a worker of an earlier, killed ablate) was skipped."""
     import torch
 
     gpus = torch.cuda.device_count()
@@ -82,8 +84,33 @@ def run_local_jobs(argv: list[str], jobs: int) -> int:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         workers.append(subprocess.Popen(argv, env=env))
     codes = [w.wait() for w in workers]
-    print(f"{jobs} local jobs finished, exit status {codes}", flush=True)
-    return 1 if any(codes) else 0
+    run_dirs = list(dict.fromkeys(run_dirs))  # the default point is shared by the sweeps
+    left = [d for d in run_dirs if not (d / "metrics.json").is_file()]
+    print(f"{jobs} local jobs finished, exit status {codes}: {len(run_dirs) - len(left)} of "
+          f"{len(run_dirs)} points complete"
+          + (f", {len(left)} not finished (failed, or run by another process: see the lines "
+             f"above), e.g. {left[0]}" if left else ""), flush=True)
+    return 1 if any(codes) or left else 0
+
+
+def job_failure(job, error: Exception) -> str:
+    """One line for a submitit job that raised: its exception (the last line of the traceback
+    submitit hands back), or why it ended without a result; and where its log is."""
+    from submitit.core.utils import FailedJobError
+
+    text = str(error).strip()
+    parts = text.split("-" * 22 + "\n")
+    if isinstance(error, FailedJobError) and len(parts) >= 3:
+        reason = parts[1].strip().splitlines()[-1]
+    else:  # "Job 12 (task: 0) with path ...\nhas not produced any output (state: ...)"
+        lines = text.splitlines()
+        reason = next((line for line in lines if "has not produced any output" in line),
+                      lines[0] if lines else type(error).__name__)
+    return f"job {job.job_id} failed: {reason} (log: {job.paths.stderr})"
+
+
+class JobError(RuntimeError):
+    """A submitted job failed; the message is :func:`job_failure`'s one line."""
 
 
 @dataclass
@@ -214,7 +241,14 @@ def submit_pretrain(model_config: MAEConfig, train_config: TrainConfig, out: Pat
         f"{job.paths.stdout})")
     if wait is None:
         wait = cluster != "slurm"
-    return (job.results()[0] if wait else None), job  # rank 0's metrics
+    if not wait:
+        return None, job
+    from submitit.core.utils import UncompletedJobError
+
+    try:
+        return job.results()[0], job  # rank 0's metrics
+    except UncompletedJobError as e:
+        raise JobError(job_failure(job, e)) from None
 
 
 def slurm_options(tier: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
@@ -281,9 +315,15 @@ def submit_sweeps(
     failed = 0
     for job, point in zip(jobs, todo.values()):
         try:
-            failed += job.result()
+            point_failed = job.result()
         except Exception as e:  # noqa: BLE001 - a job that died is reported, the others waited for
             failed += 1
-            log(f"job {job.job_id} ({point.run_dir}) failed: {str(e).strip().splitlines()[-1]}")
+            log(job_failure(job, e).replace(" failed:", f" ({point.run_dir}) failed:", 1))
+            continue
+        failed += point_failed
+        record = point.run_dir / "error.json"
+        if point_failed and record.is_file():  # its notebook failed: run_sweep recorded why
+            error = json.loads(record.read_text())["error"]
+            log(f"job {job.job_id} ({point.run_dir}) failed: {error} (log: {job.paths.stdout})")
     log(f"{len(jobs) - failed} of {len(jobs)} jobs complete")
     return failed, jobs

@@ -9,21 +9,14 @@ rerun on the same run folders gives byte-identical files.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from .ablate import Point, load_sweep, project_root, stale_keys, sweep_names, sweep_points
+from .ablate import (Point, load_sweep, load_tier, load_yaml, project_root, slug, stale_keys,
+                     sweep_names, sweep_points)
 from .config import ConfigError
 from .provenance import write_bytes_atomic, write_text_atomic
-
-
-def collect_runs(results: Path, tier: str) -> dict[str, dict[str, Any]]:
-    """metrics.json of every complete run of a tier, by run folder (relative, POSIX)."""
-    runs = {}
-    for path in sorted((results / "runs" / tier).glob("*/*/seed*/metrics.json")):
-        runs[path.parent.relative_to(results).as_posix()] = json.loads(path.read_text())
-    return runs
+from .runfolders import collect_runs, remove_others
 
 
 SPREAD_RULE = (
@@ -50,14 +43,35 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def report(results: Path | None = None, root: Path | None = None, log=print) -> list[Path]:
     """Turn run folders into ``results/tables/<sweep>-<tier>.{csv,md}`` (+ ``-runs.csv``) and
-    ``results/figures/<sweep>-<tier>.png``; deterministic, so a rerun gives identical bytes."""
+    ``results/figures/<sweep>-<tier>.png``; deterministic, so a rerun gives identical bytes.
+
+    The tables and figures of a sweep (files named ``<sweep>-*``) whose runs are gone or stale
+    are removed, so that every file there is what the runs give now. A sweep or tier file that
+    cannot be read, or a malformed run folder, is named and skipped; the rest is written, then
+    ConfigError says what was skipped (and while a file cannot be read, nothing is removed)."""
     root = root or project_root()
-    results = results or root / "results"
-    written, failed = [], []
-    tiers = sorted(p.name for p in (results / "runs").iterdir() if p.is_dir()) \
-        if (results / "runs").is_dir() else []
-    for tier in tiers:
-        runs = collect_runs(results, tier)
+    results = Path(results) if results else root / "results"
+    if not (results / "runs").is_dir():
+        raise ConfigError(f"{results} " + ("holds no runs/ folder" if results.is_dir() else
+                                           "does not exist")
+                          + ": pass --results the folder `mae ablate --results` wrote to "
+                            "(the one holding runs/; default results/).")
+    written, failed, skipped = [], [], []
+    known = load_yaml(root / "ablations" / "tiers.yaml") or {}
+    for tier_dir in sorted(p for p in (results / "runs").iterdir() if p.is_dir()):
+        tier = tier_dir.name
+        if tier not in known:  # e.g. runs/reader/: records of other commands, not a tier's runs
+            if any(tier_dir.glob("*/*/seed*/metrics.json")):
+                log(f"{tier_dir}: skipped, not a tier of ablations/tiers.yaml")
+                skipped.append(tier_dir)
+            continue
+        try:
+            runs, datasets, bad = collect_runs(results, load_tier(root, tier), log)
+        except ConfigError as e:
+            log(f"tier {tier}: skipped, {e}")
+            failed.append(f"tier {tier}")
+            continue
+        skipped += bad
         for sweep in sweep_names(root):
             try:
                 spec = load_sweep(root, sweep)
@@ -67,7 +81,8 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 continue
             if tier not in spec["tiers"]:
                 continue
-            for dataset in sorted({r.split("/")[2] for r in runs}):
+            for folder in sorted({r.split("/")[2] for r in runs}):
+                dataset = datasets[folder]
                 rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results, log)
                 # A sweep gets a table where one of its own points ran, not only the shared ones.
                 if not any(r["seeds"] for r in rows if r["point"] != "default"):
@@ -79,20 +94,27 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                         rows.append({**base[0], "baseline": True})
                         run_rows += base_runs
                 _compare_with_default(rows)
-                stem = f"{sweep}-{tier}" + ("" if dataset == "cifar10" else f"-{dataset}")
+                stem = f"{sweep}-{tier}" + ("" if folder == "cifar10" else f"-{folder}")
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
                 written.append(_write_figure(results, stem, spec, tier, dataset, rows))
                 log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
-    if failed:  # the others are written; say which were not
-        raise ConfigError(f"{len(written)} files written, but {', '.join(sorted(set(failed)))} "
-                          f"could not be read (see above): fix the file(s) and run report again.")
+    if not failed:
+        remove_others(results, sweep_names(root), written, log)
+    if failed or skipped:  # the others are written; say which were not
+        raise ConfigError(
+            f"{len(written)} files written, but "
+            + (f"{', '.join(sorted(set(failed)))} could not be read" if failed else "")
+            + (" and " if failed and skipped else "")
+            + (f"{len(skipped)} run folder{'s were' if len(skipped) > 1 else ' was'} skipped "
+               f"(e.g. {skipped[0]})" if skipped else "")
+            + " (see above): fix or move them and run report again.")
     return written
 
 
 def _sweep_rows(root, sweep, tier, dataset, runs, results, log=print):
     rows, run_rows = [], []
     # Every seed that ran counts, not only the tier's: `ablate --seeds 1 2` adds seeds to a point.
-    prefix = f"runs/{tier}/{dataset}/"
+    prefix = f"runs/{tier}/{slug(dataset)}/"
     seeds = {int(key.rsplit("/seed", 1)[1]) for key in runs if key.startswith(prefix)}
     seeds |= {p.seed for p in sweep_points(root, sweep, tier, dataset, results=results)}
     for point in sweep_points(root, sweep, tier, dataset, seeds=sorted(seeds), results=results):
@@ -240,10 +262,8 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
 
 
 def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figures = results / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -253,7 +273,9 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
                   for r in done)
     x = [r["value"] for r in done] if numeric else list(range(len(done)))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))  # not pyplot: the caller's backend and figures are left alone
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for metric, name, marker, color in (("probe_top1", "linear probe (ours)", "o", "C0"),
                                         ("knn_top1", "kNN (ours)", "s", "C1"),
                                         ("finetune_top1", "fine-tune (ours)", "^", "C2")):
@@ -297,5 +319,4 @@ def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
     fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3), 1, 1))
     png = io.BytesIO()
     fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
-    plt.close(fig)
     return write_bytes_atomic(figures / f"{stem}.png", png.getvalue())

@@ -188,6 +188,7 @@ def test_a_point_another_process_runs_is_not_run_twice(tmp_path):
         run = ablate("random_init", "--tier", "smoke", "--results", str(root / "results"),
                      cwd=root)
     assert run.returncode == 0 and "running in another process, skipped" in run.stdout
+    assert "0 of 1 points complete, 1 left to another process" in run.stdout
     assert not (run_dir / "metrics.json").exists()
 
 

@@ -5,13 +5,14 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 
 import pytest
 
 from conftest import needs_cifar
-from mae import ConfigError
+from mae import ConfigError, MAEConfig
 from mae.executors import slurm_options, submit_sweeps
 from test_ablate import ROOT, ablate, project_copy
 
@@ -149,3 +150,69 @@ def test_a_pretraining_job_of_two_tasks_trains_as_one_process(tmp_path):
                                "--cluster", "local"), env=env, capture_output=True, text=True,
                            cwd=ROOT)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_a_seed_given_twice_is_refused():
+    from mae.ablate import sweep_points
+
+    with pytest.raises(ConfigError, match="--seeds 0 0 names seed 0 more than once"):
+        sweep_points(ROOT, "random_init", "smoke", seeds=[0, 0])
+    run = ablate("random_init", "--tier", "smoke", "--seeds", "0", "1", "0")
+    assert run.returncode == 2 and "names seed 0 more than once" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@needs_cifar
+def test_local_workers_that_ran_nothing_do_not_report_the_points_complete(tmp_path):
+    """As after a killed `ablate --executor local`: its orphaned workers still hold the points'
+    folder locks. The new workers skip those points, and the sweep is not called complete."""
+    import fcntl
+
+    root = project_copy(tmp_path)
+    run_dir = root / "results" / "runs" / "smoke" / "cifar10" / "random_init" / "seed0"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the orphaned worker holds it
+        run = ablate("random_init", "--tier", "smoke", "--results", str(root / "results"),
+                     "--executor", "local", "--jobs", "2", cwd=root)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "0 of 1 points complete" in run.stdout and "1 of 1" not in run.stdout
+    assert "1 not finished" in run.stdout
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_failed_job_is_one_line_naming_its_error(tmp_path):
+    from mae.executors import executor_for, job_failure
+
+    executor = executor_for(tmp_path, "local", "fails", slurm_options({"name": "x"}, {}))
+    job = executor.submit(MAEConfig.from_dict, {"mask_ration": 0.5})
+    with pytest.raises(submitit.core.utils.FailedJobError) as error:
+        job.result()
+    line = job_failure(job, error.value)
+    assert "\n" not in line and "ConfigError: unknown MAEConfig key 'mask_ration'" in line
+    assert line.startswith(f"job {job.job_id} failed: ") and str(job.paths.stderr) in line
+
+
+@needs_cifar
+def test_a_failed_pretraining_job_ends_in_one_line(tmp_path):
+    from test_train import cli, train_flags
+
+    run = subprocess.run(cli(*train_flags(), f"--out={tmp_path / 'job'}", "--executor", "slurm",
+                             "--cluster", "local", f"--data-root={tmp_path / 'nodata'}"),
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: job ") and "DataError: cifar10" in line and "not found" in line
+
+
+def test_a_point_that_fails_in_its_job_is_named_with_its_error(tmp_path):
+    root = project_copy(tmp_path)
+    (root / "notebooks" / "ablation.ipynb").unlink()  # papermill fails in the job
+    lines = []
+    failed, (job,) = submit_sweeps(["random_init"], "smoke", results=tmp_path / "results",
+                                   root=root, cluster="local", log=lines.append)
+    assert failed == 1
+    (line,) = [line for line in lines if "failed" in line]
+    assert f"job {job.job_id} (" in line and "random_init/seed0" in line
+    assert "No such file" in line or "FileNotFoundError" in line
+    assert lines[-1] == "0 of 1 jobs complete"

@@ -1,0 +1,142 @@
+"""mae report on run folders made here (no notebook runs): tables follow their runs, a malformed
+run folder is named and skipped, the caller's matplotlib backend is left alone."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mae import ConfigError
+from mae.ablate import resolved_configs, sweep_points
+from mae.report import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_run(results: Path, sweep: str, point_name: str, seed: int = 0, probe: float = 30.0,
+             tier: str = "smoke", dataset: str | None = None):
+    """A finished run of a point, recorded with the configs it resolves to now."""
+    (point,) = [p for p in sweep_points(ROOT, sweep, tier, dataset, [seed], results)
+                if p.name == point_name]
+    config = resolved_configs(point.parameters)
+    record = {
+        "config": config, "pretrain": config["pretrain"], "seed": seed, "wall_time_s": 12.0,
+        "metrics": {"probe_top1": probe, "knn_top1": probe - 5, "pretrain_wall_time_s": 6.0,
+                    "pretrain_final_loss": 0.5},
+        "provenance": {"git_commit": "0123456789abcdef", "git_dirty": False, "device_name": "cpu",
+                       "utc_time": "2024-01-01T00:00:00Z", "versions": {"torch": "2"}},
+        "data": {"train": {"sha256": "ab"}},
+    }
+    point.run_dir.mkdir(parents=True)
+    (point.run_dir / "metrics.json").write_text(json.dumps(record))
+    return point.run_dir
+
+
+def mae_report(results: Path):
+    return subprocess.run([sys.executable, "-m", "mae", "report", "--results", str(results)],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+STEMS = ("tables/mask_ratio-smoke.csv", "tables/mask_ratio-smoke.md",
+         "tables/mask_ratio-smoke-runs.csv", "figures/mask_ratio-smoke.png")
+
+
+def test_a_table_and_its_figure_go_with_their_runs(tmp_path):
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    ratio = fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    depth = fake_run(results, "decoder_depth", "decoder_layers=1")
+    (results / "tables").mkdir(parents=True)
+    (results / "tables" / "notes.txt").write_text("not the report's")
+    report(results, ROOT, log=lambda line: None)
+    assert all((results / stem).is_file() for stem in STEMS)
+    depth_md = (results / "tables" / "decoder_depth-smoke.md").read_bytes()
+
+    # Stale: the run now resolves to other configs; its table is removed, not left as it was.
+    record = json.loads((ratio / "metrics.json").read_text())
+    record["config"]["eval"]["probe_epochs"] += 1
+    (ratio / "metrics.json").write_text(json.dumps(record))
+    lines = []
+    report(results, ROOT, log=lines.append)
+    assert not any((results / stem).exists() for stem in STEMS)
+    assert any("mask_ratio-smoke.md: removed" in line for line in lines)
+    assert (results / "tables" / "decoder_depth-smoke.md").read_bytes() == depth_md
+    assert (results / "tables" / "notes.txt").is_file()  # not one of the report's files
+
+    shutil.rmtree(ratio)  # removed: the same
+    fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    report(results, ROOT, log=lambda line: None)
+    assert all((results / stem).is_file() for stem in STEMS)
+    shutil.rmtree(depth.parent)
+    report(results, ROOT, log=lambda line: None)
+    assert not (results / "tables" / "decoder_depth-smoke.md").exists()
+    assert not (results / "figures" / "decoder_depth-smoke.png").exists()
+    assert all((results / stem).is_file() for stem in STEMS)
+
+
+def test_a_missing_results_folder_is_an_error(tmp_path):
+    run = mae_report(tmp_path / "nowhere")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "nowhere" in line and "does not exist" in line
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no runs/ folder"):
+        report(tmp_path / "empty", ROOT)
+
+
+def test_a_malformed_run_folder_is_named_and_the_rest_is_written(tmp_path):
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    half = fake_run(results, "mask_ratio", "mask_ratio=0.5", probe=25.0)
+    text = (half / "metrics.json").read_text()
+    (half / "metrics.json").write_text(text[:len(text) // 2])  # truncated
+    copy = half.parent.parent / "mask_ratio=0.1" / "seed0_copy"
+    shutil.copytree(half.parent.parent / "mask_ratio=0.1" / "seed0", copy)
+    stray = results / "runs" / "smoke" / "cifar100" / "default" / "seed0"
+    shutil.copytree(half.parent.parent / "default" / "seed0", stray)
+    empty = fake_run(results, "mask_ratio", "mask_ratio=0.9")
+    (empty / "metrics.json").write_text("{}")  # no metrics, no configs
+    old_tier = results / "runs" / "smoke-old"
+    shutil.copytree(results / "runs" / "smoke", old_tier)  # a tier since renamed
+    (results / "runs" / "reader").mkdir()  # records of other commands: not runs, not skipped
+    (results / "runs" / "reader" / "frozen.json").write_text("{}")
+    run = mae_report(results)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    for folder in (half, copy, stray.parent.parent, empty, old_tier):
+        assert f"{folder}: skipped" in run.stdout, (folder, run.stdout)
+    assert "reader" not in run.stdout
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "5 run folders were skipped" in line
+    table = (results / "tables" / "mask_ratio-smoke.md").read_text()
+    assert "| mask_ratio=0.1 | 1 | 20.0 |" in table and "| mask_ratio=0.5 | 0 |" in table
+
+
+def test_the_report_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    fake_run(results, "mask_ratio", "mask_ratio=0.1")
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("pdf")
+        report(results, ROOT, log=lambda line: None)
+        assert matplotlib.get_backend() == "pdf"
+        assert (results / "figures" / "mask_ratio-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(before)
+
+
+def test_a_dataset_folder_is_read_as_the_tier_dataset_it_was_named_for(tmp_path):
+    results = tmp_path / "results"  # paper-dry's dataset folder:$IMAGENET has folder_IMAGENET
+    fake_run(results, "mask_ratio", "default", tier="paper-dry", dataset="folder:$IMAGENET")
+    run = fake_run(results, "mask_ratio", "mask_ratio=0.5", tier="paper-dry",
+                   dataset="folder:$IMAGENET")
+    assert run.parts[-3] == "folder_IMAGENET"
+    report(results, ROOT, log=lambda line: None)
+    table = (results / "tables" / "mask_ratio-paper-dry-folder_IMAGENET.md").read_text()
+    assert "(paper-dry tier, folder:$IMAGENET)" in table and "| mask_ratio=0.5 | 1 |" in table
