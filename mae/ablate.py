@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, MAEConfig, unknown_key_error
-from .recipe import EXECUTION_KEYS, EvalConfig, TrainConfig
+from .recipe import EVAL_EXECUTION_KEYS, EXECUTION_KEYS, EvalConfig, TrainConfig
 from .provenance import write_json_atomic
 from .specs import check_sweep, check_tier
 
@@ -192,7 +192,7 @@ def stale_keys(point: Point, record: dict[str, Any]) -> list[str]:
     for section, cls in (("model", MAEConfig), ("train", TrainConfig), ("eval", EvalConfig)):
         old = {**cls().to_dict(), **found.get(section, {})}
         for key in sorted(set(old) | set(now[section])):
-            if section == "train" and key in EXECUTION_KEYS:
+            if key in {"train": EXECUTION_KEYS, "eval": EVAL_EXECUTION_KEYS}.get(section, ()):
                 continue
             if old.get(key) != now[section].get(key):
                 diffs.append(f"{section}.{key}: run {old.get(key)!r}, now {now[section][key]!r}")

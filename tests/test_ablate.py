@@ -264,3 +264,18 @@ def test_without_papermill_the_runner_says_what_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r"papermill, which is not installed: .*'mae\[book\]'"):
         run_sweep("random_init", "smoke")
 
+
+
+def test_where_a_point_ran_does_not_make_it_stale():
+    """The evaluation's device, like training's, is where a run ran, not what it computed."""
+    from mae.ablate import stale_keys
+
+    point = sweep_points(ROOT, "mask_ratio", "cpu")[0]
+    record = json.loads((ROOT / point.run_dir / "metrics.json").read_text())
+    assert stale_keys(point, record) == []
+    moved = json.loads(json.dumps(record))
+    moved["config"]["eval"]["device"] = "cuda:3"
+    moved["config"]["train"]["device"] = "cuda:3"
+    assert stale_keys(point, moved) == []
+    moved["config"]["eval"]["precision"] = "bf16"  # a different computation: stale
+    assert stale_keys(point, moved) == ["eval.precision: run 'bf16', now 'auto'"]
