@@ -50,7 +50,7 @@ def load_yaml(path: Path) -> Any:
 
 
 def sweep_names(root: Path) -> list[str]:
-    return sorted(p.stem for p in (root / "ablations").glob("*.yaml") if p.stem != "tiers")
+    return sorted(p.stem for p in (root / "ablations").glob("*.yaml") if p.stem not in ("tiers", "comparisons"))
 
 
 def load_tier(root: Path, name: str) -> dict[str, Any]:

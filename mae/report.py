@@ -56,7 +56,7 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                                            "does not exist")
                           + ": pass --results the folder `mae ablate --results` wrote to "
                             "(the one holding runs/; default results/).")
-    written, failed, skipped = [], [], []
+    written, failed, skipped, tier_runs = [], [], [], {}
     known = load_yaml(root / "ablations" / "tiers.yaml") or {}
     for tier_dir in sorted(p for p in (results / "runs").iterdir() if p.is_dir()):
         tier = tier_dir.name
@@ -72,6 +72,7 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
             failed.append(f"tier {tier}")
             continue
         skipped += bad
+        tier_runs[tier] = runs
         for sweep in sweep_names(root):
             try:
                 spec = load_sweep(root, sweep)
@@ -87,7 +88,8 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 # A sweep gets a table where one of its own points ran, not only the shared ones.
                 if not any(r["seeds"] for r in rows if r["point"] != "default"):
                     continue
-                if sweep != "random_init" and "random_init" in sweep_names(root):
+                if sweep != "random_init" and "random_init" in sweep_names(root) and tier in \
+                        load_sweep(root, "random_init")["tiers"]:
                     base, base_runs = _sweep_rows(root, "random_init", tier, dataset, runs,
                                                   results, log)
                     if base and base[0]["seeds"]:  # the baseline, as the table's last row
@@ -98,8 +100,9 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
                 written.append(_write_figure(results, stem, spec, tier, dataset, rows))
                 log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
+    written += _comparisons(root, results, tier_runs, log)
     if not failed:
-        remove_others(results, sweep_names(root), written, log)
+        remove_others(results, [*sweep_names(root), "compare"], written, log)
     if failed or skipped:  # the others are written; say which were not
         raise ConfigError(
             f"{len(written)} files written, but "
@@ -108,6 +111,28 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
             + (f"{len(skipped)} run folder{'s were' if len(skipped) > 1 else ' was'} skipped "
                f"(e.g. {skipped[0]})" if skipped else "")
             + " (see above): fix or move them and run report again.")
+    return written
+
+
+def _comparisons(root, results, tier_runs, log=print) -> list[Path]:
+    """The tables of ablations/comparisons.yaml whose second tier has runs (`mae.compare`)."""
+    from .compare import comparison_rows, comparisons, write_comparison
+
+    written = []
+    for name, spec in comparisons(root).items():
+        if spec["other"] not in tier_runs or spec["base"] not in tier_runs:
+            continue
+        sections = {}
+        for sweep in spec["sweeps"]:
+            rows = {}
+            for tier in (spec["base"], spec["other"]):
+                rows[tier] = _sweep_rows(root, sweep, tier, spec.get("dataset", "cifar10"),
+                                         tier_runs[tier], results, log)[0]
+                _compare_with_default(rows[tier])
+            sections[sweep] = comparison_rows(rows, spec["base"], spec["other"])
+        if any(sections.values()):
+            written += write_comparison(results, name, spec, sections)
+            log(f"compare-{name}: {sum(len(r) for r in sections.values())} settings")
     return written
 
 

@@ -140,3 +140,40 @@ def test_a_dataset_folder_is_read_as_the_tier_dataset_it_was_named_for(tmp_path)
     report(results, ROOT, log=lambda line: None)
     table = (results / "tables" / "mask_ratio-paper-dry-folder_IMAGENET.md").read_text()
     assert "(paper-dry tier, folder:$IMAGENET)" in table and "| mask_ratio=0.5 | 1 |" in table
+
+
+def test_two_tiers_side_by_side_with_the_spread_rule(tmp_path):
+    """comparisons.yaml's schedule table: each decoder depth at 8 and at 50 epochs, the change
+    between the tiers and each tier's difference from its own default, with verdicts."""
+    results = tmp_path / "results"
+    for seed, (short, long) in enumerate([(50.0, 55.0), (51.0, 56.0), (49.0, 54.0)]):
+        fake_run(results, "decoder_depth", "default", seed, short, tier="cpu")
+        fake_run(results, "decoder_depth", "default", seed, long, tier="cpu-long")
+        fake_run(results, "decoder_depth", "decoder_layers=8", seed, short + 0.5, tier="cpu")
+        fake_run(results, "decoder_depth", "decoder_layers=8", seed, long + 4, tier="cpu-long")
+    report(results, ROOT, log=lambda _: None)
+    md = (results / "tables" / "compare-schedule.md").read_text()
+    assert "| decoder_depth | decoder_layers=2 | 3 / 3 |" in md
+    rows = [line for line in md.splitlines() if "| decoder_depth | decoder_layers=8" in line]
+    assert len(rows) == 1
+    # 50 - 8 epochs: +8.5 beyond the spread; vs default: +0.5 (within) at 8, +4.0 (beyond) at 50
+    assert "+8.5 / +8.5 (yes / yes) | +0.5 / +0.5 (no / no) | +4.0 / +4.0 (yes / yes) |" in rows[0]
+    assert not (results / "tables" / "compare-precision.md").exists()  # no cpu-bf16 runs
+    (results / "runs" / "cpu-long").rename(tmp_path / "aside")  # its runs gone: so is the table
+    report(results, ROOT, log=lambda _: None)
+    assert not (results / "tables" / "compare-schedule.md").exists()
+
+
+def test_a_comparison_names_two_tiers_and_known_keys(tmp_path):
+    from mae.compare import comparisons
+
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "ablations", root / "ablations")
+    assert set(comparisons(root)) >= {"precision", "schedule"}
+    path = root / "ablations" / "comparisons.yaml"
+    path.write_text(path.read_text().replace("  sweeps: [default]", "  sweps: [default]"))
+    with pytest.raises(ConfigError, match="needs title:, base:, other:"):
+        comparisons(root)
+    path.write_text("x: {title: t, base: cpu, other: cpu-lng, sweeps: [default]}\n")
+    with pytest.raises(ConfigError, match="Did you mean 'cpu-long'"):
+        comparisons(root)
