@@ -12,8 +12,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .ablate import load_yaml
+from .ablate import load_tier, load_yaml, sweep_names
+from .config import ConfigError, unknown_key_error
 from .files import write_text_atomic
+from .tally import beyond_spread, compare_with_default, sweep_rows
 
 METRICS = ("probe_top1", "knn_top1")
 WORDS = {True: "yes", False: "no", None: "n/a"}
@@ -28,8 +30,6 @@ def comparison_rows(rows_by_tier: dict[str, list[dict[str, Any]]], base: str,
     """One row per point run in both tiers (the report's rows of one sweep, compared with their
     defaults already): means, the other tier minus the base, and both tiers' differences from
     their own default, each with the spread rule's verdict."""
-    from .report import beyond_spread
-
     by_label = {r["label"]: r for r in rows_by_tier[other] if r["seeds"]}
     out = []
     for a in rows_by_tier[base]:
@@ -99,9 +99,6 @@ KEYS = ("title", "description", "base", "other", "sweeps", "dataset")
 
 def comparisons(root: Path) -> dict[str, dict[str, Any]]:
     """ablations/comparisons.yaml, checked: each entry names two tiers and its sweeps."""
-    from .ablate import load_tier, sweep_names
-    from .config import ConfigError, unknown_key_error
-
     path = root / "ablations" / "comparisons.yaml"
     specs = (load_yaml(path) or {}) if path.is_file() else {}
     for name, spec in specs.items():
@@ -117,3 +114,24 @@ def comparisons(root: Path) -> dict[str, dict[str, Any]]:
             if sweep not in sweep_names(root):
                 raise unknown_key_error(sweep, sweep_names(root), f"sweep of comparison {name!r}")
     return specs
+
+
+def write_comparisons(root, results, tier_runs, log=print) -> list[Path]:
+    """The tables of ablations/comparisons.yaml whose two tiers both have runs (``tier_runs``:
+    each tier's runs as `mae.runfolders.collect_runs` gives them)."""
+    written = []
+    for name, spec in comparisons(root).items():
+        if spec["other"] not in tier_runs or spec["base"] not in tier_runs:
+            continue
+        sections = {}
+        for sweep in spec["sweeps"]:
+            rows = {}
+            for tier in (spec["base"], spec["other"]):
+                rows[tier] = sweep_rows(root, sweep, tier, spec.get("dataset", "cifar10"),
+                                        tier_runs[tier], results, log)[0]
+                compare_with_default(rows[tier])
+            sections[sweep] = comparison_rows(rows, spec["base"], spec["other"])
+        if any(sections.values()):
+            written += write_comparison(results, name, spec, sections)
+            log(f"compare-{name}: {sum(len(r) for r in sections.values())} settings")
+    return written

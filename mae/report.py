@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
-from .ablate import (Point, load_sweep, load_tier, load_yaml, project_root, slug, stale_keys,
-                     sweep_names, sweep_points)
+from .ablate import load_sweep, load_tier, load_yaml, project_root, sweep_names
+from .compare import write_comparisons
 from .config import ConfigError
 from .provenance import write_bytes_atomic, write_text_atomic
 from .runfolders import collect_runs, remove_others
+from .tally import SPREAD_RULE, beyond_spread, compare_with_default, sweep_rows
 
-
-SPREAD_RULE = (
-    "A setting differs from the default *beyond the spread* when the difference of their means is "
-    "more than twice the larger of their sample standard deviations over seeds (a setting run "
-    "with one seed is given the default point's); the default needs at least two seeds."
-)
-
-
-def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
-    """The stated rule (`SPREAD_RULE`) for one metric: None where it cannot be applied."""
-    if stat is None or ref is None or ref_seeds < 2 or seeds < 1:
-        return None
-    (mean, std), (ref_mean, ref_std) = stat, ref
-    return abs(mean - ref_mean) > 2 * max(std if seeds > 1 else ref_std, ref_std)
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, std
+__all__ = ["SPREAD_RULE", "beyond_spread", "report"]
 
 
 def report(results: Path | None = None, root: Path | None = None, log=print) -> list[Path]:
@@ -84,23 +64,23 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 continue
             for folder in sorted({r.split("/")[2] for r in runs}):
                 dataset = datasets[folder]
-                rows, run_rows = _sweep_rows(root, sweep, tier, dataset, runs, results, log)
+                rows, run_rows = sweep_rows(root, sweep, tier, dataset, runs, results, log)
                 # A sweep gets a table where one of its own points ran, not only the shared ones.
                 if not any(r["seeds"] for r in rows if r["point"] != "default"):
                     continue
                 if sweep != "random_init" and "random_init" in sweep_names(root) and tier in \
                         load_sweep(root, "random_init")["tiers"]:
-                    base, base_runs = _sweep_rows(root, "random_init", tier, dataset, runs,
+                    base, base_runs = sweep_rows(root, "random_init", tier, dataset, runs,
                                                   results, log)
                     if base and base[0]["seeds"]:  # the baseline, as the table's last row
                         rows.append({**base[0], "baseline": True})
                         run_rows += base_runs
-                _compare_with_default(rows)
+                compare_with_default(rows)
                 stem = f"{sweep}-{tier}" + ("" if folder == "cifar10" else f"-{folder}")
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
                 written.append(_write_figure(results, stem, spec, tier, dataset, rows))
                 log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
-    written += _comparisons(root, results, tier_runs, log)
+    written += write_comparisons(root, results, tier_runs, log)
     if not failed:
         remove_others(results, [*sweep_names(root), "compare"], written, log)
     if failed or skipped:  # the others are written; say which were not
@@ -112,84 +92,6 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                f"(e.g. {skipped[0]})" if skipped else "")
             + " (see above): fix or move them and run report again.")
     return written
-
-
-def _comparisons(root, results, tier_runs, log=print) -> list[Path]:
-    """The tables of ablations/comparisons.yaml whose second tier has runs (`mae.compare`)."""
-    from .compare import comparison_rows, comparisons, write_comparison
-
-    written = []
-    for name, spec in comparisons(root).items():
-        if spec["other"] not in tier_runs or spec["base"] not in tier_runs:
-            continue
-        sections = {}
-        for sweep in spec["sweeps"]:
-            rows = {}
-            for tier in (spec["base"], spec["other"]):
-                rows[tier] = _sweep_rows(root, sweep, tier, spec.get("dataset", "cifar10"),
-                                         tier_runs[tier], results, log)[0]
-                _compare_with_default(rows[tier])
-            sections[sweep] = comparison_rows(rows, spec["base"], spec["other"])
-        if any(sections.values()):
-            written += write_comparison(results, name, spec, sections)
-            log(f"compare-{name}: {sum(len(r) for r in sections.values())} settings")
-    return written
-
-
-def _sweep_rows(root, sweep, tier, dataset, runs, results, log=print):
-    rows, run_rows = [], []
-    # Every seed that ran counts, not only the tier's: `ablate --seeds 1 2` adds seeds to a point.
-    prefix = f"runs/{tier}/{slug(dataset)}/"
-    seeds = {int(key.rsplit("/seed", 1)[1]) for key in runs if key.startswith(prefix)}
-    seeds |= {p.seed for p in sweep_points(root, sweep, tier, dataset, results=results)}
-    for point in sweep_points(root, sweep, tier, dataset, seeds=sorted(seeds), results=results):
-        key = point.run_dir.relative_to(results).as_posix()
-        if not any(r["label"] == point.label for r in rows):
-            rows.append({"label": point.label, "value": point.value, "point": point.name,
-                         "paper": point.paper, "runs": []})
-        if key in runs and stale_keys(point, runs[key]):
-            log(f"{key}: left out, run with other configs than its tier now resolves to "
-                f"({'; '.join(stale_keys(point, runs[key])[:3])}); rerun it with --rerun-stale")
-        elif key in runs:
-            next(r for r in rows if r["label"] == point.label)["runs"].append(runs[key])
-            run_rows.append(_flatten(key, point, runs[key]))
-    for row in rows:
-        row["seeds"] = len(row["runs"])
-        for metric in ("probe_top1", "knn_top1", "finetune_top1", "pretrain_wall_time_s",
-                       "pretrain_final_loss"):
-            values = [r["metrics"][metric] for r in row["runs"] if metric in r["metrics"]]
-            row[metric] = _stats(values) if values else None
-        # CPU time of the whole point (pre-training and evaluation), where the run recorded it.
-        cpu = [r["cpu_time_s"] for r in row["runs"] if "cpu_time_s" in r]
-        row["cpu_time_s"] = _stats(cpu) if cpu else None
-    return rows, run_rows
-
-
-def _compare_with_default(rows: list[dict[str, Any]]) -> None:
-    """Each row's difference from the default point and the rule's verdict, per metric."""
-    ref = next((r for r in rows if r["point"] == "default" and r["seeds"]), None)
-    for row in rows:
-        for metric in ("probe_top1", "knn_top1"):
-            stat = row[metric]
-            ok = ref is not None and row is not ref and stat is not None and ref[metric]
-            row[f"d_{metric}"] = stat[0] - ref[metric][0] if ok else None
-            row[f"beyond_{metric}"] = (beyond_spread(stat, row["seeds"], ref[metric], ref["seeds"])
-                                       if ok else None)
-
-
-def _flatten(key: str, point: Point, run: dict[str, Any]) -> dict[str, Any]:
-    flat = {"run": key, "label": point.label, "seed": run["seed"]}
-    for name, value in sorted(run["metrics"].items()):
-        flat[name] = round(value, 4) if isinstance(value, float) else value
-    prov = run["provenance"]
-    flat.update({"git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
-                 "utc_time": prov["utc_time"], "device": prov["device_name"],
-                 "data_sha256": run["data"]["train"]["sha256"],
-                 "wall_time_s": round(run["wall_time_s"], 1)})
-    flat.update({f"v_{k}": v for k, v in sorted(prov["versions"].items())})
-    for section in ("model", "train", "eval"):
-        flat.update({f"{section}.{k}": v for k, v in sorted(run["config"][section].items())})
-    return flat
 
 
 def _cell(stat, digits=1):
