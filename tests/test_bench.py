@@ -1,11 +1,14 @@
 """benchmarks/: the smoke modes run every section and write the report (speed is not tested here)."""
 
 import csv
+import json
 import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import needs_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,14 +44,22 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
 
 
+@needs_cifar
 def test_gpu_script_dry_run(tmp_path):
     out = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--compile", "off",
                           "--no-memory", "--no-speedup", "--threads", "1"], cwd=ROOT,
                          capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path),
                                                               "PYTHON": sys.executable})
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = list(csv.DictReader(next(tmp_path.glob("*.csv")).open()))
+    rows = list(csv.DictReader(next(tmp_path.glob("cpu-*threads*.csv")).open()))
     assert {r["shape"] for r in rows if r["section"] == "train_step"} == {"vit-b"}
+    # step 2: the default point end to end (smoke tier), its run folder and the summary table
+    metrics = tmp_path / "results" / "runs" / "smoke" / "cifar10" / "default" / "seed0" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    assert {"probe_top1", "knn_top1", "pretrain_images_per_s"} <= set(record["metrics"])
+    summary = next(tmp_path.glob("*-smoke-default.md")).read_text()
+    assert "| smoke/cifar10/default/seed0 |" in summary.replace("runs/", "")
+    assert f"{record['metrics']['probe_top1']:.1f}" in summary
 
 
 def test_same_architecture_in_every_implementation():
