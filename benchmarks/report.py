@@ -34,15 +34,15 @@ def device_slug(device: torch.device) -> str:
     return f"cpu-{torch.get_num_threads()}threads"
 
 
-def run_header(device: torch.device, amp: torch.dtype | None, impls: list[str],
+def run_header(device: torch.device, amps: list[torch.dtype | None], impls: list[str],
                argv: list[str] | None) -> dict:
-    """Machine, precision, date, versions, git commit and command of this run."""
+    """Machine, precisions, date, versions, git commit and command of this run."""
     v = versions()
     return {
         "machine": device_name(str(device)),
         "device": str(device),
-        "precision": "bf16 autocast" if amp == torch.bfloat16
-        else str(amp or torch.float32).replace("torch.", ""),
+        "precision": ", ".join("bf16 autocast" if a == torch.bfloat16
+                               else str(a or torch.float32).replace("torch.", "") for a in amps),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "mae") if k in v)
         + "".join(f", {m} {metadata.version(m)}" for m in ("transformers", "vit-pytorch")
@@ -54,8 +54,9 @@ def run_header(device: torch.device, amp: torch.dtype | None, impls: list[str],
 
 
 # ----------------------------------------------------------------------------- ratios
-def ratio_line(ours: dict, peer: dict, note: str | None = None) -> tuple[str, bool]:
-    """ours / peer in images/s and whether it is above 1 by more than its spread; True if so.
+def ratio_line(ours: dict, peer: dict, note: str | None = None) -> tuple[str, bool, bool]:
+    """ours / peer in images/s, whether it is above 1 by more than its spread, and whether it is
+    below 1 by more than its spread.
     With a ``note`` the line is for information: the note replaces the verdict.
 
     The steps were interleaved, so round i holds one step of each: the ratio is the median of
@@ -71,46 +72,65 @@ def ratio_line(ours: dict, peer: dict, note: str | None = None) -> tuple[str, bo
         r = ours["images_per_s"] / peer["images_per_s"]
         spread = r * (ours["spread"] / ours["images_per_s"] + peer["spread"] / peer["images_per_s"])
         how = "both spreads added"
-    ahead = r - 1 > spread
-    verdict = f" ({note})" if note else "" if ahead else "  <- not ahead by more than the spread"
+    ahead, slower = r - 1 > spread, 1 - r > spread
+    verdict = (f" ({note})" if note else "" if ahead else
+               "  <- slower by more than the spread" if slower else
+               "  <- not ahead by more than the spread")
     return (f"{ours['shape']}: {ours['impl']} / {peer['impl']} = {r:.2f}x (+/- {spread:.2f}, "
-            f"{how}){verdict}"), ahead
+            f"{how}){verdict}"), ahead, slower
 
 
 def ratio_lines(rows: list[dict], shapes: list[str], impls: list[str],
                 compile_modes: list[bool], pipe: dict | None) -> list[str]:
-    """The report's closing lines: mae over each peer at its architecture, the achieved share of
-    the matmul rate, the mask-token encoder's cost, the data pipeline's headroom."""
-    ratios, ahead_all = [], True
-    by = {(r["section"], r["shape"], r["impl"]): r for r in rows}
-    for name in shapes:
-        for comp in compile_modes:
-            suffix = " +compile" if comp else ""
-            for peer in [i for i in impls if i != "mae"] if "mae" in impls else []:
-                ours = by.get(("train_step", name, MATCHED[peer] + suffix))
-                other = by.get(("train_step", name, peer + suffix))
-                if ours and other:
-                    line, ahead = ratio_line(ours, other)
-                    ratios.append(line)
-                    ahead_all &= ahead
-            ours = by.get(("train_step", name, "mae" + suffix))
-            other = by.get(("train_step", name, "vit-pytorch" + suffix))
-            if ours and other:  # for information: not the same architecture
-                ratios.append(ratio_line(ours, other, "mae with its CLS token: one more token per "
-                                         "sequence than vit-pytorch; not counted")[0])
-    for name in shapes:
-        r = by.get(("train_step", name, "mae"))
-        if r:
-            ratios.append(f"{name}: achieved {r['achieved_gflops']:.1f} GFLOP/s = "
-                          f"{r['pct_of_peak']:.1f}% of the matmul rate measured between its steps "
-                          f"({r['peak_gflops']:.0f} GFLOP/s)")
-        c = by.get(("matmul_ceiling", name, "mae"))
-        if r and c:
-            ratios.append(f"{name}: its own matmuls alone run at {c['achieved_gflops']:.1f} GFLOP/s "
-                          f"= {c['pct_of_peak']:.1f}% of the matmul rate (the ceiling); the step "
-                          f"reaches {100 * r['achieved_gflops'] / c['achieved_gflops']:.1f}% of it")
-    vis, tok = by.get(("encoder_variant", VITL.name, "mae visible-only")), \
-        by.get(("encoder_variant", VITL.name, "mae mask tokens"))
+    """The report's closing lines: mae over each peer at its architecture and equal precision, the
+    same at each library's default, the achieved share of the matmul rate and the step's overhead
+    over its own matmuls, the mask-token encoder's cost, the data pipeline's headroom."""
+    ratios, ahead_all, not_slower = [], True, True
+    precisions = list(dict.fromkeys(r["precision"] for r in rows if r["section"] == "train_step"))
+    by = {(r["section"], r["shape"], r["impl"], r.get("precision")): r for r in rows}
+    for prec in precisions:
+        for name in shapes:
+            for comp in compile_modes:
+                suffix = " +compile" if comp else ""
+                for peer in [i for i in impls if i != "mae"] if "mae" in impls else []:
+                    ours = by.get(("train_step", name, MATCHED[peer] + suffix, prec))
+                    other = by.get(("train_step", name, peer + suffix, prec))
+                    if ours and other:
+                        line, ahead, slower = ratio_line(ours, other)
+                        ratios.append(f"[{prec}] {line}")
+                        ahead_all &= ahead
+                        not_slower &= not slower
+                ours = by.get(("train_step", name, "mae" + suffix, prec))
+                other = by.get(("train_step", name, "vit-pytorch" + suffix, prec))
+                if ours and other:  # for information: not the same architecture
+                    ratios.append(f"[{prec}] " + ratio_line(
+                        ours, other, "mae with its CLS token: one more token per sequence than "
+                        "vit-pytorch; not counted")[0])
+    for name in shapes:  # what a user gets without flags (rows from different rounds)
+        defaults = {r["impl"]: r for r in rows if r.get("library_default") and r["shape"] == name}
+        for peer in [i for i in impls if i != "mae"]:
+            ours, other = defaults.get(MATCHED[peer]), defaults.get(peer)
+            if ours and other:
+                line = ratio_line(unpaired(ours), unpaired(other), "each library's default: "
+                                  f"mae {ours['precision']}, {peer} {other['precision']}")[0]
+                ratios.append(f"[defaults] {line}")
+    for prec in precisions:
+        for name in shapes:
+            r = by.get(("train_step", name, "mae", prec))
+            if r:
+                ratios.append(f"[{prec}] {name}: achieved {r['achieved_gflops']:.1f} GFLOP/s = "
+                              f"{r['pct_of_peak']:.1f}% of the {prec} matmul rate measured between "
+                              f"its steps ({r['peak_gflops']:.0f} GFLOP/s)")
+            c = by.get(("matmul_ceiling", name, "mae", prec))
+            if r and c:
+                ratios.append(f"[{prec}] {name}: its own matmuls alone run at "
+                              f"{c['achieved_gflops']:.1f} GFLOP/s = {c['pct_of_peak']:.1f}% of the "
+                              f"matmul rate (the ceiling); the step takes {c['overhead']:.2f}x the "
+                              f"time of its matmuls (overhead)")
+    vis = next((r for r in rows if r["section"] == "encoder_variant"
+                and r["impl"] == "mae visible-only"), None)
+    tok = next((r for r in rows if r["section"] == "encoder_variant"
+                and r["impl"] == "mae mask tokens"), None)
     if vis and tok:
         ratios.append(f"{VITL.name}: visible-only / mask-token encoder step = "
                       f"{vis['images_per_s'] / tok['images_per_s']:.2f}x wall clock; analytic "
@@ -119,21 +139,27 @@ def ratio_lines(rows: list[dict], shapes: list[str], impls: list[str],
                       f"(encoder)")
     if pipe:
         for name in shapes:
-            r = by.get(("train_step", name, "mae"))
+            r = by.get(("train_step", name, "mae", precisions[0] if precisions else None))
             if r:
                 ratios.append(f"data pipeline / {name} train step = "
                               f"{pipe['images_per_s'] / r['images_per_s']:.0f}x")
     if len(impls) > 1:
         ratios.append("mae ahead of every peer by more than the spread: "
                       + ("yes" if ahead_all else "NO"))
+        ratios.append("mae not slower than any peer by more than the spread, at equal precision: "
+                      + ("yes" if not_slower else "NO"))
     return ratios
 
 
+def unpaired(row: dict) -> dict:
+    """A row without its per-round times: rows measured in different rounds are not paired."""
+    return {k: v for k, v in row.items() if k != "step_times"}
+
+
 # ----------------------------------------------------------------------------- tables
-COLUMNS = ["section", "shape", "impl", "batch", "params", "images_per_s", "spread",
-           "step_gflop_per_image", "encoder_gflop_per_image", "achieved_gflops", "peak_gflops",
-           "pct_of_peak",
-           "peak_mem_mib"]
+COLUMNS = ["section", "shape", "impl", "precision", "library_default", "batch", "params",
+           "images_per_s", "spread", "step_gflop_per_image", "encoder_gflop_per_image",
+           "achieved_gflops", "peak_gflops", "pct_of_peak", "overhead", "peak_mem_mib"]
 
 
 def fmt(value, digits: int = 1) -> str:
@@ -167,24 +193,62 @@ with `mae`. GFLOP/image are analytic, for the architecture the row builds (`mae.
 a step = 3 forward passes, counted as mae's training step runs them: the decoder's last
 block and pixel head on hidden patches only, its first block's mask-token projection
 once per batch); % of peak compares the achieved rate with the median rate of a matmul
-of the peak's size timed between the rounds of the same steps. A matmul_ceiling row is
-mae's step reduced to its own matrix products (captured at their shapes and strides,
-attention's as batched matmuls, replayed alone; GFLOP/image as captured): the most a
-step of this shape could reach if everything else took no time. Peak MiB: on CPU, the resident memory
+of the peak's size and precision timed between the rounds of the same steps. A ceiling
+row is mae's step reduced to its own matrix products (captured at their shapes and
+strides, attention's as batched matmuls, replayed alone): the most a step of this shape
+could reach if everything else took no time; "step / its matmuls" is the step's time over
+theirs, its overhead. "(default)" marks what each library gives without flags (mae's
+precision auto, the peers' float32). Peak MiB (first precision only): on CPU, the resident memory
 that two train steps add in a fresh process beyond the model and the batch
 (activations, gradients, optimizer state); on CUDA, the caching allocator's peak.
 """.splitlines() + [""]
-    md_cols = ["section", "shape", "impl", "batch", "trainable params", "images/s", "+/-",
-               "GFLOP/image", "GFLOP/s", "matmul GFLOP/s", "% of peak", "peak MiB"]
-    lines.append("| " + " | ".join(md_cols) + " |")
-    lines.append("|" + "---|" * len(md_cols))
-    for r in rows:
-        cells = [r["section"], r.get("shape", ""), r.get("impl", ""), fmt(r.get("batch")),
-                 fmt(r.get("params")), fmt(r.get("images_per_s")), fmt(r.get("spread")),
-                 fmt(r.get("step_gflop_per_image"), 3), fmt(r.get("achieved_gflops")),
-                 fmt(r.get("peak_gflops"), 0), fmt(r.get("pct_of_peak")), fmt(r.get("peak_mem_mib"), 0)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += md_tables(rows)
     lines += ["", "## Ratios", ""] + [f"- {r}" for r in ratios] + [""]
     md = out_dir / f"{slug}.md"
     write_text_atomic(md, "\n".join(lines))
     return md
+
+
+# Each table of the .md: its title, the rows' sections, and (heading, cell) columns.
+TABLES = [
+    ("Train steps", ("train_step",), [
+        ("shape", lambda r: r["shape"]), ("precision", lambda r: r["precision"]),
+        ("impl", lambda r: r["impl"] + (" (default)" if r.get("library_default") else "")),
+        ("batch", lambda r: fmt(r.get("batch"))), ("images/s", lambda r: fmt(r["images_per_s"])),
+        ("+/-", lambda r: fmt(r["spread"])), ("GFLOP/s", lambda r: fmt(r["achieved_gflops"])),
+        ("% of peak", lambda r: fmt(r["pct_of_peak"])),
+        ("peak MiB", lambda r: fmt(r.get("peak_mem_mib"), 0))]),
+    ("Models and FLOPs", ("train_step",), [
+        ("shape", lambda r: r["shape"]), ("impl", lambda r: r["impl"]),
+        ("trainable params", lambda r: fmt(r.get("params"))),
+        ("GFLOP/image", lambda r: fmt(r.get("step_gflop_per_image"), 3))]),
+    ("Matmul peak and ceiling", ("matmul_peak", "matmul_ceiling"), [
+        ("row", lambda r: r["section"].replace("matmul_", "")), ("shape", lambda r: r["shape"]),
+        ("precision", lambda r: r["precision"]),
+        ("matmul GFLOP/s", lambda r: fmt(r["achieved_gflops"])),
+        ("% of peak", lambda r: fmt(r["pct_of_peak"])),
+        ("step / its matmuls", lambda r: fmt(r.get("overhead"), 2))]),
+    ("Encoder variants and data pipeline", ("encoder_variant", "data_pipeline"), [
+        ("shape", lambda r: r["shape"]), ("impl", lambda r: r["impl"]),
+        ("batch", lambda r: fmt(r.get("batch"))), ("images/s", lambda r: fmt(r["images_per_s"])),
+        ("+/-", lambda r: fmt(r["spread"])),
+        ("GFLOP/image", lambda r: fmt(r.get("step_gflop_per_image"), 3)),
+        ("% of peak", lambda r: fmt(r.get("pct_of_peak"))),
+        ("peak MiB", lambda r: fmt(r.get("peak_mem_mib"), 0))]),
+]
+
+
+def md_tables(rows: list[dict]) -> list[str]:
+    """The rows as a few narrow tables (at most 9 columns: they fit a book page)."""
+    lines = []
+    for title, sections, cols in TABLES:
+        picked = [r for r in rows if r["section"] in sections]
+        if title == "Models and FLOPs":  # one line per architecture, not per precision
+            picked = list({(r["shape"], r["impl"]): r for r in picked}.values())
+        if not picked:
+            continue
+        lines += [f"### {title}", "", "| " + " | ".join(c for c, _ in cols) + " |",
+                  "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(cell(r) for _, cell in cols) + " |" for r in picked]
+        lines.append("")
+    return lines

@@ -41,7 +41,16 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert "## Ratios" in text and "mae / transformers" in text
     assert "mae no-CLS / vit-pytorch" in text and "mae / vit-pytorch" in text
     assert "its own matmuls alone run at" in text
-    assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
+    last = out.stdout.rstrip().splitlines()
+    assert last[-2].startswith("mae ahead of every peer")
+    assert last[-1].startswith("mae not slower than any peer by more than the spread, at equal")
+    # each library's default (mae's precision auto, the peers' float32) and the step's overhead
+    assert "[defaults] micro: mae / transformers" in text
+    assert "the step takes" in text and "x the time of its matmuls (overhead)" in text
+    from mae.runtime import cpu_has_native_bf16
+    precisions = {r["precision"] for r in rows if r["section"] == "train_step"}
+    assert precisions == ({"fp32", "bf16"} if cpu_has_native_bf16() else {"fp32"})
+    assert all(float(r["overhead"]) > 0 for r in rows if r["section"] == "matmul_ceiling")
 
 
 @needs_cifar
