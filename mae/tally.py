@@ -17,12 +17,18 @@ SPREAD_RULE = (
 )
 
 
-def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
-    """The stated rule (`SPREAD_RULE`) for one metric: None where it cannot be applied."""
+def spread_bar(stat, seeds: int, ref, ref_seeds: int) -> float | None:
+    """How far apart two means must be to differ beyond the spread (`SPREAD_RULE`): twice the
+    larger std. None where the rule cannot be applied."""
     if stat is None or ref is None or ref_seeds < 2 or seeds < 1:
         return None
-    (mean, std), (ref_mean, ref_std) = stat, ref
-    return abs(mean - ref_mean) > 2 * max(std if seeds > 1 else ref_std, ref_std)
+    return 2 * max(stat[1] if seeds > 1 else ref[1], ref[1])
+
+
+def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
+    """The stated rule (`SPREAD_RULE`) for one metric: None where it cannot be applied."""
+    bar = spread_bar(stat, seeds, ref, ref_seeds)
+    return None if bar is None else abs(stat[0] - ref[0]) > bar
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -73,6 +79,8 @@ def compare_with_default(rows: list[dict[str, Any]]) -> None:
             row[f"d_{metric}"] = stat[0] - ref[metric][0] if ok else None
             row[f"beyond_{metric}"] = (beyond_spread(stat, row["seeds"], ref[metric], ref["seeds"])
                                        if ok else None)
+            row[f"bar_{metric}"] = (spread_bar(stat, row["seeds"], ref[metric], ref["seeds"])
+                                    if ok else None)
 
 
 def flatten(key: str, point: Point, run: dict[str, Any]) -> dict[str, Any]:

@@ -159,9 +159,23 @@ def test_two_tiers_side_by_side_with_the_spread_rule(tmp_path):
     # 50 - 8 epochs: +8.5 beyond the spread; vs default: +0.5 (within) at 8, +4.0 (beyond) at 50
     assert "+8.5 / +8.5 (yes / yes) | +0.5 / +0.5 (no / no) | +4.0 / +4.0 (yes / yes) |" in rows[0]
     assert not (results / "tables" / "compare-precision.md").exists()  # no cpu-bf16 runs
+    assert (results / "figures" / "compare-schedule.png").stat().st_size > 10_000
     (results / "runs" / "cpu-long").rename(tmp_path / "aside")  # its runs gone: so is the table
     report(results, ROOT, log=lambda _: None)
     assert not (results / "tables" / "compare-schedule.md").exists()
+    assert not (results / "figures" / "compare-schedule.png").exists()
+
+
+def test_the_comparison_figure_bars_are_the_spread_rule():
+    from mae.tally import beyond_spread, spread_bar
+
+    default = (50.8, 0.6)
+    assert spread_bar((49.0, 0.0), 1, default, 3) == pytest.approx(1.2)  # one seed: default's std
+    assert spread_bar((49.0, 1.0), 3, default, 3) == pytest.approx(2.0)  # the larger std
+    assert spread_bar((49.0, 1.0), 3, (50.8, 0.0), 1) is None
+    for stat, seeds in (((49.0, 0.0), 1), ((49.0, 1.0), 3), ((50.0, 0.1), 2)):
+        bar = spread_bar(stat, seeds, default, 3)
+        assert beyond_spread(stat, seeds, default, 3) is (abs(stat[0] - default[0]) > bar)
 
 
 def test_a_comparison_names_two_tiers_and_known_keys(tmp_path):
