@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTATIONS = ("rrc", "fixed", "none")
 # TrainConfig fields that change how a run is executed, not what it computes.
 EXECUTION_KEYS = ("device", "num_threads", "compile", "checkpoint_every", "tensorboard",
-                  "num_workers", "skip_bad_images")
+                  "num_workers", "skip_bad_images", "snapshot_epochs")
 LOADERS = ("auto", "memory", "stream")
 # EvalConfig fields that change where an evaluation runs, not what it computes.
 EVAL_EXECUTION_KEYS = ("device",)
@@ -88,6 +88,9 @@ class TrainConfig(ConfigBase):
     compile: bool = _f(False, "torch.compile the model (pays on GPU, not on CPU)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     checkpoint_every: int = _f(500, "save a checkpoint every N optimizer steps (and at the end)", 0)
+    snapshot_epochs: str = _f("", "also keep the model at these epochs, comma-separated (e.g. "
+                                  "25,50,100): <out>/snapshot-epoch<E>.pt, weights and configs "
+                                  "only, evaluated like checkpoint.pt")
     max_steps: int = _f(0, "stop after N optimizer steps of the full schedule (0: run it all)", 0)
     num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default)", 0)
     tensorboard: bool = _f(False, "also log loss, lr and images/s per step to <out>/tensorboard "
@@ -105,6 +108,20 @@ class TrainConfig(ConfigBase):
             raise unknown_key_error(self.augmentation, list(AUGMENTATIONS), "augmentation")
         if self.loader not in LOADERS:
             raise unknown_key_error(self.loader, list(LOADERS), "loader")
+        self.snapshots()  # checked here, so that a bad list fails before any training
+
+    def snapshots(self) -> list[float]:
+        """The epochs of ``snapshot_epochs``, checked: positive numbers within the schedule."""
+        try:
+            epochs = [float(e) for e in self.snapshot_epochs.split(",") if e.strip()]
+        except ValueError:
+            raise ConfigError(f"snapshot_epochs {self.snapshot_epochs!r} is not a comma-separated "
+                              f"list of epochs, e.g. 25,50,100.") from None
+        bad = [e for e in epochs if not 0 < e <= self.epochs]
+        if bad:
+            raise ConfigError(f"snapshot_epochs {bad[0]:g} is outside the schedule (0, "
+                              f"{self.epochs:g}]: give epochs between 0 and epochs.")
+        return epochs
 
 
 @dataclass(frozen=True)

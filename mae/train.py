@@ -215,6 +215,8 @@ def pretrain(
             if board is not None:
                 board.flush()  # the logged steps and the checkpoint agree
 
+    # Snapshots: the model alone at chosen epochs (the schedule figure evaluates them).
+    snapshots = {round(e * steps_per_epoch): e for e in tc.snapshots()}
     board = tensorboard_writer(out, start) if tc.tensorboard and info.main else None
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
@@ -273,6 +275,10 @@ def pretrain(
         bar.update()
         if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < stop:
             save(step + 1)
+        if step + 1 in snapshots and out is not None and info.main:
+            save_checkpoint(out / f"snapshot-epoch{snapshots[step + 1]:g}.pt", {
+                "model": model.state_dict(), "config": configs, "step": step + 1,
+                "data": data.fingerprint(), "precision": precision_name(amp)})
     bar.close()
     if stop > start or (out is not None and not (out / CHECKPOINT).is_file()):
         save(stop)

@@ -288,3 +288,27 @@ def test_tensorboard_without_the_package_or_a_folder_is_a_clear_error(tmp_path, 
     with pytest.raises(ConfigError, match=r"pip install 'mae\[tensorboard\]'"):
         pretrain(SMALL, {**TRAIN, "tensorboard": True}, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@needs_cifar
+def test_snapshots_keep_the_model_at_the_chosen_epochs(tmp_path, cifar_train):
+    """snapshot_epochs: the model alone at those epochs, loadable as a pre-trained MAE; the last
+    one is the final model. A list outside the schedule is refused before training."""
+    from mae.checkpoint import load_pretrained
+
+    data = cifar_train.subset(512)  # 8 steps an epoch at batch 64
+    run = pretrain(SMALL, {**TRAIN, "epochs": 1.0, "snapshot_epochs": "0.25,1"}, tmp_path,
+                   dataset=data, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("snapshot-*.pt")) == [
+        "snapshot-epoch0.25.pt", "snapshot-epoch1.pt"]
+    early, configs = load_pretrained(tmp_path / "snapshot-epoch0.25.pt")
+    assert load_checkpoint(tmp_path / "snapshot-epoch0.25.pt")["step"] == 2
+    final, _ = load_pretrained(tmp_path / "snapshot-epoch1.pt")
+    assert configs["train"]["snapshot_epochs"] == "0.25,1"
+    for name, value in run.model.state_dict().items():
+        assert torch.equal(final.state_dict()[name], value), name
+    assert not torch.equal(early.state_dict()["encoder.norm.weight"],
+                           final.state_dict()["encoder.norm.weight"])
+    for bad, message in (("25", "outside the schedule"), ("a,b", "comma-separated list")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(epochs=1.0, snapshot_epochs=bad)
