@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from .ablate import load_tier, load_yaml, sweep_names
 from .config import ConfigError, unknown_key_error
-from .files import write_bytes_atomic, write_text_atomic
+from .figures import comparison_figure
+from .files import write_text_atomic
 from .tally import beyond_spread, compare_with_default, sweep_rows
 
 METRICS = ("probe_top1", "knn_top1")
@@ -136,42 +136,7 @@ def write_comparisons(root, results, tier_runs, log=print) -> list[Path]:
         if any(sections.values()):
             written += write_comparison(results, name, spec, sections)
             if any(r["point"] != "default" for rows in sections.values() for r in rows):
-                written.append(write_comparison_figure(results, name, spec, sections))
+                written.append(comparison_figure(results / "figures" / f"compare-{name}.png",
+                                                 spec, sections))
             log(f"compare-{name}: {sum(len(r) for r in sections.values())} settings")
     return written
-
-
-def write_comparison_figure(results: Path, name: str, spec: dict[str, Any],
-                            sections: dict[str, list[dict[str, Any]]]) -> Path:
-    """``figures/compare-<name>.png``: each setting's difference from its own tier's default in
-    both tiers, side by side, one panel per metric. The error bar is the spread rule's bar (twice
-    the larger std): a point whose bar does not reach zero differs beyond the spread."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    settings = [(sweep, r) for sweep, rows in sections.items() for r in rows
-                if r["point"] != "default"]
-    fig = Figure(figsize=(max(5.0, 1.1 * len(settings) + 2), 3.6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(METRICS), sharey=True)
-    for ax, m, title in zip(axes, METRICS, ("linear probe", "kNN")):
-        for i, tier in enumerate((spec["base"], spec["other"])):
-            pts = [(j + (i - 0.5) * 0.25, r[f"{m}_vs_default"][i], r[f"{m}_vs_default_bar"][i])
-                   for j, (_, r) in enumerate(settings) if r[f"{m}_vs_default"][i] is not None]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], capsize=3, ls="none",
-                            yerr=[p[2] or 0 for p in pts], marker="os"[i], color=f"C{i}",
-                            label=tier)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(settings)))
-        ax.set_xticklabels([r["setting"].replace("=", "\n") for _, r in settings], fontsize=8)
-        ax.set_title(title, fontsize=10)
-    axes[0].set_ylabel("difference from the tier's default (points)")
-    axes[0].legend(fontsize=8, frameon=False)
-    fig.suptitle(textwrap.fill(spec["title"], int(fig.get_figwidth() * 11)), fontsize=10)
-    fig.tight_layout()
-    figures = results / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    png = io.BytesIO()
-    fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
-    return write_bytes_atomic(figures / f"compare-{name}.png", png.getvalue())

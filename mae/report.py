@@ -14,7 +14,8 @@ from pathlib import Path
 from .ablate import load_sweep, load_tier, load_yaml, project_root, sweep_names
 from .compare import write_comparisons
 from .config import ConfigError
-from .provenance import write_bytes_atomic, write_text_atomic
+from .figures import summary_figure, sweep_figure
+from .provenance import write_text_atomic
 from .runfolders import collect_runs, remove_others
 from .tally import SPREAD_RULE, beyond_spread, compare_with_default, sweep_rows
 
@@ -36,7 +37,7 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                                            "does not exist")
                           + ": pass --results the folder `mae ablate --results` wrote to "
                             "(the one holding runs/; default results/).")
-    written, failed, skipped, tier_runs = [], [], [], {}
+    written, failed, skipped, tier_runs, summaries = [], [], [], {}, {}
     known = load_yaml(root / "ablations" / "tiers.yaml") or {}
     for tier_dir in sorted(p for p in (results / "runs").iterdir() if p.is_dir()):
         tier = tier_dir.name
@@ -78,11 +79,16 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                 compare_with_default(rows)
                 stem = f"{sweep}-{tier}" + ("" if folder == "cifar10" else f"-{folder}")
                 written += _write_tables(results, stem, spec, tier, dataset, rows, run_rows)
-                written.append(_write_figure(results, stem, spec, tier, dataset, rows))
+                written.append(sweep_figure(results / "figures" / f"{stem}.png", spec, tier,
+                                            dataset, rows))
+                summaries.setdefault((tier, folder, dataset), []).append((spec, rows))
                 log(f"{stem}: {sum(r['seeds'] for r in rows)} runs")
+    for (tier, folder, dataset), sweeps in summaries.items():  # every sweep's settings at once
+        stem = f"summary-{tier}" + ("" if folder == "cifar10" else f"-{folder}")
+        written.append(summary_figure(results / "figures" / f"{stem}.png", tier, dataset, sweeps))
     written += write_comparisons(root, results, tier_runs, log)
     if not failed:
-        remove_others(results, [*sweep_names(root), "compare"], written, log)
+        remove_others(results, [*sweep_names(root), "compare", "summary"], written, log)
     if failed or skipped:  # the others are written; say which were not
         raise ConfigError(
             f"{len(written)} files written, but "
@@ -101,12 +107,17 @@ def _cell(stat, digits=1):
     return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def signed(value: float) -> str:
+    """'+1.2', '-0.4', and '0.0' for what rounds to zero (never '-0.0')."""
+    return "0.0" if round(value, 1) == 0 else f"{value:+.1f}"
+
+
 def _verdict(row) -> str:
     """'-6.3 / -6.5 (yes / yes)': the differences from the default and the rule's verdicts."""
     if row["d_probe_top1"] is None:
         return "–" if row["point"] != "default" else "(reference)"
     words = {True: "yes", False: "no", None: "n/a"}
-    diffs = " / ".join("–" if row[f"d_{m}"] is None else f"{row[f'd_{m}']:+.1f}"
+    diffs = " / ".join("–" if row[f"d_{m}"] is None else signed(row[f"d_{m}"])
                        for m in ("probe_top1", "knn_top1"))
     return f"{diffs} ({words[row['beyond_probe_top1']]} / {words[row['beyond_knn_top1']]})"
 
@@ -186,64 +197,3 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
     md_path = tables / f"{stem}.md"
     write_text_atomic(md_path, "\n".join(lines))
     return [csv_path, runs_path, md_path]
-
-
-def _write_figure(results, stem, spec, tier, dataset, rows) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figures = results / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    done = [r for r in rows if r["seeds"] and not r.get("baseline")]
-    baseline = next((r for r in rows if r.get("baseline")), None)
-    # A numeric sweep (mask ratio, depth, width) on a numeric axis; anything else categorical.
-    numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
-                  for r in done)
-    x = [r["value"] for r in done] if numeric else list(range(len(done)))
-    fig = Figure(figsize=(6, 4))  # not pyplot: the caller's backend and figures are left alone
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for metric, name, marker, color in (("probe_top1", "linear probe (ours)", "o", "C0"),
-                                        ("knn_top1", "kNN (ours)", "s", "C1"),
-                                        ("finetune_top1", "fine-tune (ours)", "^", "C2")):
-        pts = [(i, r[metric]) for i, r in zip(x, done) if r[metric]]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], color=color,
-                        yerr=[p[1][1] for p in pts], marker=marker, capsize=3, label=name)
-        if pts and baseline and baseline[metric]:  # random init: a line, its seeds' std a band
-            mean, std = baseline[metric]
-            ax.axhline(mean, color=color, ls=":", lw=1.2,
-                       label=f"random init, {name.split(' (')[0]} ({baseline['seeds']} seeds)")
-            ax.axhspan(mean - std, mean + std, color=color, alpha=0.08, lw=0)
-    if numeric and all(isinstance(v, int) and v > 0 for v in x) and max(x) >= 8 * min(x):
-        ax.set_xscale("log", base=2)  # depths / widths that double
-        ax.minorticks_off()
-    ax.set_xticks(x)
-    ax.set_xticklabels([str(r["label"]).split("=")[-1] for r in done])
-    ax.set_xlabel(spec.get("parameter", "setting"))
-    ax.set_ylabel(f"top-1 on {dataset} test (%)")
-    paper = [(i, r["paper"]["lin"]) for i, r in zip(x, done) if "lin" in r["paper"]]
-    if paper:
-        twin = ax.twinx()
-        twin.plot([p[0] for p in paper], [p[1] for p in paper], "k--", marker="x",
-                  label="paper linear probe (ImageNet, ViT-L)")
-        # Both axes span the same number of points, so equal slopes are equal differences
-        # (a free twin axis would stretch the paper's 0.4-point target gap over the figure).
-        lo, hi = ax.get_ylim()
-        p_lo, p_hi = min(p[1] for p in paper), max(p[1] for p in paper)
-        span = max(hi - lo, 1.1 * (p_hi - p_lo))
-        ax.set_ylim((lo + hi - span) / 2, (lo + hi + span) / 2)
-        twin.set_ylim((p_lo + p_hi - span) / 2, (p_lo + p_hi + span) / 2)
-        twin.set_ylabel("paper: ImageNet top-1 (%), same scale")
-    handles, labels = ax.get_legend_handles_labels()
-    if paper:
-        more = twin.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    # Below the axes, so that no point hides behind it.
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(3, max(1, len(labels))),
-               frameon=False)
-    ax.set_title(f"{spec['title']} — {tier} tier, {dataset}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3), 1, 1))
-    png = io.BytesIO()
-    fig.savefig(png, dpi=100, format="png", metadata={"Software": None})
-    return write_bytes_atomic(figures / f"{stem}.png", png.getvalue())

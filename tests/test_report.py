@@ -191,3 +191,45 @@ def test_a_comparison_names_two_tiers_and_known_keys(tmp_path):
     path.write_text("x: {title: t, base: cpu, other: cpu-lng, sweeps: [default]}\n")
     with pytest.raises(ConfigError, match="Did you mean 'cpu-long'"):
         comparisons(root)
+
+
+def test_the_summary_figure_holds_every_swept_setting_and_goes_with_its_runs(tmp_path):
+    """figures/summary-<tier>.png: every setting of every sweep against the default (one line
+    each, beside the paper's difference); it goes when the tier's sweeps have no runs left."""
+    from mae.figures import summary_figure
+    from mae.tally import compare_with_default
+
+    results = tmp_path / "results"
+    fake_run(results, "mask_ratio", "default")
+    ratio = fake_run(results, "mask_ratio", "mask_ratio=0.1", probe=20.0)
+    report(results, ROOT, log=lambda line: None)
+    png = results / "figures" / "summary-smoke.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    shutil.rmtree(ratio)
+    report(results, ROOT, log=lambda line: None)
+    assert not png.exists()  # only the default left: no sweep table, no summary
+
+    # One line per non-default setting, random init last; the paper's difference is taken
+    # between the same two settings (the setting's lin minus the lin at our default setting).
+    def row(point, label, probe, paper, seeds=3, baseline=False):
+        return {"point": point, "label": label, "paper": paper, "seeds": seeds,
+                "probe_top1": (probe, 0.5), "knn_top1": (probe - 5, 0.5), "baseline": baseline}
+    rows = [row("default", "decoder_layers=2", 50.0, {"lin": 70.0}),
+            row("decoder_layers=1", "decoder_layers=1", 49.0, {"lin": 65.5}),
+            row("random_init", "random init", 44.0, {}, baseline=True)]
+    compare_with_default(rows)
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.set_yticklabels
+    matplotlib.axes.Axes.set_yticklabels = lambda self, labels, **kw: drawn.setdefault(
+        "labels", list(labels)) and original(self, labels, **kw)
+    plotted = []
+    plot = matplotlib.axes.Axes.plot
+    matplotlib.axes.Axes.plot = lambda self, *a, **kw: plotted.append(a) or plot(self, *a, **kw)
+    try:
+        summary_figure(tmp_path / "s.png", "cpu", "cifar10", [({"title": "Decoder depth"}, rows)])
+    finally:
+        matplotlib.axes.Axes.set_yticklabels, matplotlib.axes.Axes.plot = original, plot
+    assert drawn["labels"] == ["decoder depth: 1", "random init"]
+    assert plotted[0][0] == [pytest.approx(-4.5)]  # 65.5 - 70.0, the paper's same comparison
