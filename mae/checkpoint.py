@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from .config import MAEError
 from .files import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"  # the checkpoint of a run folder
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MAEError, RuntimeError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 

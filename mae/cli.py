@@ -13,7 +13,7 @@ import sys
 from .commands import (
     cmd_ablate, cmd_export, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
 )
-from .config import PRESETS, ConfigError
+from .config import PRESETS, MAEError
 from .recipe import PRECISIONS, EvalConfig, TrainConfig
 
 
@@ -191,17 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import re
 
-    from .checkpoint import CheckpointError
-    from .convert import ConversionError
-    from .data import DataError
-    from .executors import JobError
-    from .train import NonFiniteLossError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ConversionError, NonFiniteLossError,
-            JobError, OSError) as e:
+    except (MAEError, OSError) as e:
         if args.debug or os.environ.get("MAE_DEBUG") == "1":
             raise
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # no terminal colour codes from torch

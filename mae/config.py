@@ -17,7 +17,12 @@ from typing import Any
 MASK_SAMPLINGS = ("random", "block", "grid")
 
 
-class ConfigError(ValueError):
+class MAEError(Exception):
+    """The base of every error this package raises on purpose: its message (one line) says what
+    was wrong and how to fix it, and `mae.cli.main` prints it as ``error: ...`` (exit status 2)."""
+
+
+class ConfigError(MAEError, ValueError):
     """A configuration key or value is invalid; the message says how to fix it."""
 
 

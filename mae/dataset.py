@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .config import MAEError
 from .runtime import STREAM_SUBSET, generator
 
 DATA_ENV = "MAE_DATA"
@@ -31,7 +32,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(RuntimeError):
+class DataError(MAEError, RuntimeError):
     """Data missing, corrupted or invalid; the message says where we looked and what to do."""
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablate import check_stale, load_tier, project_root, resolved_configs, run_sweep, sweep_points
-from .config import ConfigError, MAEConfig
+from .config import ConfigError, MAEConfig, MAEError
 from .provenance import write_json_atomic
 from .recipe import TrainConfig
 from .train import PretrainResult
@@ -109,7 +109,7 @@ def job_failure(job, error: Exception) -> str:
     return f"job {job.job_id} failed: {reason} (log: {job.paths.stderr})"
 
 
-class JobError(RuntimeError):
+class JobError(MAEError, RuntimeError):
     """A submitted job failed; the message is :func:`job_failure`'s one line."""
 
 

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .config import MAEError
 
-class DiskFullError(OSError):
+
+class DiskFullError(MAEError, OSError):
     """No space was left while writing a file; nothing half-written was kept. Its message (one
     line) says so and names the file."""
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CHECKPOINT, save_checkpoint, write_history
-from .config import ConfigError, MAEConfig, check_hides_a_patch
+from .config import ConfigError, MAEConfig, MAEError, check_hides_a_patch
 from .recipe import TrainConfig
 from .resume import resumable_checkpoint
 from .augment import augment, crop_boxes, normalize, resize_batch
@@ -43,7 +43,7 @@ from .runtime import (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MAEError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
