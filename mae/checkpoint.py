@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .config import MAEError
+from .config import ConfigError, MAEError
 from .files import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
@@ -45,6 +45,13 @@ def run_checkpoint(path: str | os.PathLike) -> Path:
     return path / CHECKPOINT if path.is_dir() else path
 
 
+def refuse_existing_run(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run (its checkpoint) is written into only to resume or replace it."""
+    if (Path(out) / CHECKPOINT).is_file() and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to continue "
+                          f"it, --overwrite to replace it, or choose another --out.")
+
+
 def load_checkpoint(
     path: str | os.PathLike, expected: Mapping[str, Mapping[str, Any]] | None = None,
     map_location: str | torch.device = "cpu",
@@ -62,13 +69,13 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path (a run folder "
-                              f"or the checkpoint.pt in it).")
+                              f"or the {CHECKPOINT} in it).")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive; a damaged one still starts so
         raise CheckpointError(f"{path} is not a checkpoint: torch.save writes a zip archive and "
                               f"this file is none (a text file, or another format?). Pass the "
-                              f"checkpoint.pt that pretrain wrote, or its run folder.")
+                              f"{CHECKPOINT} that pretrain wrote, or its run folder.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -22,7 +22,6 @@ from .config import MAEError
 from .runtime import STREAM_SUBSET, generator
 
 DATA_ENV = "MAE_DATA"
-CACHE_ENV = "MAE_CACHE"
 DATASETS = ("cifar10", "cifar100", "imagenette", "folder:<path>")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -145,10 +144,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return Path("~/.cache/mae/data").expanduser()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
 
 
 def download_with(what: str, root: Path, fetch) -> None:

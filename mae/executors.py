@@ -221,13 +221,11 @@ def submit_pretrain(model_config: MAEConfig, train_config: TrainConfig, out: Pat
     """Submit one pre-training on ``nodes`` nodes, one task per GPU (``tasks_per_node`` on a
     CPU cluster); returns (its metrics when waited for, the job)."""
     from .provenance import check_writable
-    from .train import CHECKPOINT
+    from .checkpoint import refuse_existing_run
 
     out = Path(out).resolve()
     check_writable(out, "--out folder")
-    if (out / CHECKPOINT).is_file() and not (resume or overwrite):
-        raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to "
-                          f"continue it, --overwrite to replace it, or choose another --out.")
+    refuse_existing_run(out, resume, overwrite)
     options = slurm_options({"name": "pretrain"}, flags)
     tasks = tasks_per_node or max(1, options["gpus_per_node"])
     if nodes < 1 or tasks < 1:

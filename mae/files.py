@@ -131,6 +131,14 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     return folder
 
 
+CACHE_ENV = "MAE_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded datasets are kept: ``$MAE_CACHE``, else ``~/.cache/mae``."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
+
+
 LOCK_FILE = ".lock"
 
 

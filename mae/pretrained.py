@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
-    CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
+    CHECKPOINT, CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
 )
-from .files import DiskFullError, atomic_write
+from .files import DiskFullError, atomic_write, cache_dir
 
 BASE_URL = "https://github.com/mae-book/mae-book/raw/main/checkpoints/"
 """Where the files are downloaded from; ``$MAE_CHECKPOINT_URL`` replaces it (a mirror, a test)."""
@@ -57,17 +57,13 @@ def lookup(name: str) -> Entry:
     if name not in REGISTRY:
         known = ", ".join(names()) or "none"
         raise CheckpointError(f"no trained model is named {name!r}; the names are: {known} (or "
-                              f"pass the path of a checkpoint.pt or its run folder).")
+                              f"pass the path of a {CHECKPOINT} or its run folder).")
     return REGISTRY[name]
 
 
 def checkout_dir() -> Path:
     """``checkpoints/`` of the checkout this package was imported from (it may not exist)."""
     return Path(__file__).resolve().parents[1] / "checkpoints"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MAE_CACHE") or Path.home() / ".cache" / "mae")
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -200,7 +196,7 @@ def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "
-                              f"or step): export the checkpoint.pt that pretrain wrote.")
+                              f"or step): export the {CHECKPOINT} that pretrain wrote.")
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out} exists: remove it first, or choose another --out.")
