@@ -76,6 +76,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is not a checkpoint: torch.save writes a zip archive and "
                               f"this file is none (a text file, or another format?). Pass the "
                               f"{CHECKPOINT} that pretrain wrote, or its run folder.")
+    if str(map_location).startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"cannot load {path} onto {map_location}: CUDA is not available on "
+                              f"this host; load it with map_location='cpu'.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

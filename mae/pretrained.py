@@ -11,6 +11,7 @@ one registered below, so a changed or truncated file is never loaded.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import math
 import os
 import urllib.error
@@ -23,6 +24,7 @@ from typing import Any
 from .checkpoint import (
     CHECKPOINT, CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
 )
+from .config import did_you_mean
 from .files import DiskFullError, atomic_write, cache_dir
 
 BASE_URL = "https://github.com/mae-book/mae-book/raw/main/checkpoints/"
@@ -55,9 +57,10 @@ def names() -> list[str]:
 
 def lookup(name: str) -> Entry:
     if name not in REGISTRY:
-        known = ", ".join(names()) or "none"
-        raise CheckpointError(f"no trained model is named {name!r}; the names are: {known} (or "
-                              f"pass the path of a {CHECKPOINT} or its run folder).")
+        raise CheckpointError(
+            f"no trained model is named {name!r}.{did_you_mean(name, names())} The names are: "
+            f"{', '.join(names()) or 'none'}; a run folder or {CHECKPOINT} of your own loads "
+            f"with mae.checkpoint.load_pretrained(path).")
     return REGISTRY[name]
 
 
@@ -84,7 +87,8 @@ def path(name: str, download: bool = True) -> Path:
         if found != entry.sha256:
             raise CheckpointError(
                 f"{local} has sha256 {found[:16]}..., not the registered {entry.sha256[:16]}...: "
-                f"the file was changed. Restore it (git checkout -- {local.name}).")
+                f"the file was changed. Restore it: git -C {local.parent.parent} checkout -- "
+                f"{local.parent.name}/{local.name}")
         return local
     cached = cache_dir() / entry.file
     if cached.is_file():
@@ -106,14 +110,19 @@ def _download(entry: Entry, target: Path) -> Path:
 
 def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Path:
     """Fetch ``url`` into ``target`` through a temporary file (never half a file under the real
-    name, `mae.files.atomic_write`); with ``sha``, a download whose sha256 differs is refused and
-    not kept."""
-    digest = hashlib.sha256()
+    name, `mae.files.atomic_write`); a download shorter than the server's Content-Length, or
+    (with ``sha``) one whose sha256 differs, is refused and not kept."""
+    digest, size = hashlib.sha256(), 0
     try:
         with atomic_write(target) as f, urllib.request.urlopen(url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 f.write(block)
                 digest.update(block)
+                size += len(block)
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and size != int(length):
+                raise CheckpointError(f"the download of {what} from {url} stopped after {size} of "
+                                      f"{length} bytes; it was not kept. Try again, or {fix}.")
             found = digest.hexdigest()
             if sha is not None and found != sha:
                 raise CheckpointError(
@@ -121,13 +130,30 @@ def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Pa
                     f"registered {sha[:16]}...; it was not kept. Try again, or {fix}.")
     except DiskFullError:
         raise
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(f"cannot download {what} from {url} ({reason}): {fix}.") from e
     return target
 
 
-def load_official(source: str, preset: str = "large", **overrides: Any):
+def official_file(source: str) -> Path:
+    """The local file of an official checkpoint: ``source`` itself, or for a URL its download,
+    cached under a hash of the whole URL (query included) and its file name, so two URLs never
+    share a file."""
+    if "://" not in source:
+        return Path(source)
+    name = Path(urllib.parse.urlparse(source).path).name
+    if source.endswith("/") or not name:
+        raise CheckpointError(f"{source} names a folder, not a file: pass the URL of the .pth file "
+                              f"itself (as the released-weights page lists them).")
+    cached = cache_dir() / "official" / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
+    if not cached.is_file():
+        download(source, cached, None, "the official checkpoint",
+                 "check the URL and the network, or download it by hand and pass its path")
+    return cached
+
+
+def load_official(source: str | os.PathLike, preset: str = "large", **overrides: Any):
     """An MAE with the weights of an official facebookresearch/mae checkpoint: ``source`` is its
     URL (downloaded once into ``$MAE_CACHE``) or a local ``.pth`` file; ``preset`` and
     ``overrides`` must describe the checkpoint's model (e.g. ``norm_pix_loss=False`` for the
@@ -135,33 +161,47 @@ def load_official(source: str, preset: str = "large", **overrides: Any):
     import torch
 
     from .config import MAEConfig
-    from .convert import load_weights
+    from .convert import ConversionError, load_weights
     from .model import MAE
 
     model = MAE(MAEConfig.preset(preset, **overrides))  # a config error before any download
-    local = Path(source)
-    if "://" in source:
-        local = cache_dir() / "official" / Path(urllib.parse.urlparse(source).path).name
-        if not local.is_file():
-            download(source, local, None, "the official checkpoint",
-                     "check the URL and the network, or download it by hand and pass its path")
+    source = os.fspath(source)
+    local = official_file(source)
     if not local.is_file():
         raise CheckpointError(f"{local} does not exist: pass the .pth file you downloaded, or "
                               f"its URL.")
     try:
         state = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, or not a torch file at all
+    except Exception as e:  # not a torch file at all (an HTML page, a damaged copy)
+        if local != Path(source):  # a download: never kept when it does not load
+            local.unlink(missing_ok=True)
+            raise CheckpointError(f"the file downloaded from {source} cannot be read as a torch "
+                                  f"checkpoint ({type(e).__name__}); it was not kept. Check that "
+                                  f"the URL names the .pth file itself.") from e
         raise CheckpointError(f"{local} cannot be read as a torch checkpoint "
-                              f"({type(e).__name__}); delete it and download it again.") from e
-    load_weights(model, state, "official")
+                              f"({type(e).__name__}); download it again.") from e
+    missing, unexpected = load_weights(model, state, "official", strict=False)
+    if missing or unexpected:
+        keys = "; ".join(f"{what} {len(k)} key(s): {', '.join(k[:5])}{' ...' * (len(k) > 5)}"
+                         for what, k in (("missing", missing), ("unexpected", unexpected)) if k)
+        raise ConversionError(
+            f"{source} does not fit the model of preset {preset!r} with {overrides or 'no'} "
+            f"overrides ({keys}): pass the preset and overrides of the checkpoint's model. A "
+            f"fine-tuned encoder-only file has no decoder: read it with torch.load and "
+            f"mae.convert.load_weights(model, state, 'official', strict=False).")
     return model.eval()
 
 
 def resolve(source: str | os.PathLike) -> Path:
     """What ``--checkpoint`` names: an existing path as it is, else a registered model's file."""
-    if Path(source).exists() or str(source) not in REGISTRY:
+    if Path(source).exists():
         return Path(source)
-    return path(str(source))
+    if str(source) in REGISTRY:
+        return path(str(source))
+    if hint := did_you_mean(str(source), names()):
+        raise CheckpointError(f"checkpoint {source} does not exist, and no trained model is "
+                              f"named so.{hint} (python -m mae export --list names them all.)")
+    return Path(source)
 
 
 def epoch_means(history: list[dict[str, float]]) -> list[dict[str, float]]:

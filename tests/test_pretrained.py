@@ -1,9 +1,11 @@
 """Trained models by name: export, the committed files, the download path (a local HTTP server)."""
 
+import contextlib
 import functools
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,8 +71,33 @@ def served(exported, tmp_path, monkeypatch):
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; ``/short/<name>`` sends the first half of ``<name>`` under the whole
+    file's Content-Length, then closes (a download cut off mid-way)."""
+
+    def do_GET(self):
+        if not self.path.startswith("/short/"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path[len("/short/"):]).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+
     def log_message(self, *args):
         pass
+
+
+@contextlib.contextmanager
+def serving(folder):
+    """``folder`` served on 127.0.0.1 for the block; yields its URL (ending in /)."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_download_checks_sha256_and_caches(served, monkeypatch):
@@ -144,12 +171,8 @@ def test_official_weights_from_a_url_load_into_the_same_model(tmp_path, monkeypa
     (tmp_path / "www").mkdir()
     torch.save({"model": to_official(source)}, tmp_path / "www" / "mae_visualize_micro.pth")
     (tmp_path / "www" / "broken.pth").write_bytes(b"PK\x03\x04 not really")
-    handler = functools.partial(QuietHandler, directory=str(tmp_path / "www"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
-    url = f"http://127.0.0.1:{server.server_port}/"
-    try:
+    with serving(tmp_path / "www") as url:
         model = pretrained.load_official(url + "mae_visualize_micro.pth", "micro",
                                          norm_pix_loss=False)
         with pytest.raises(ConversionError, match="shape mismatch|missing"):
@@ -158,10 +181,81 @@ def test_official_weights_from_a_url_load_into_the_same_model(tmp_path, monkeypa
             pretrained.load_official(url + "broken.pth", "micro")
         with pytest.raises(CheckpointError, match="cannot download the official checkpoint"):
             pretrained.load_official(url + "absent.pth", "micro")
-    finally:
-        server.shutdown()
-        server.server_close()
     want = source.state_dict()
     assert all(torch.equal(model.state_dict()[k], want[k]) for k in want)
-    assert (tmp_path / "cache" / "official" / "mae_visualize_micro.pth").is_file()
+    cached = sorted(p.name for p in (tmp_path / "cache" / "official").iterdir())
+    assert len(cached) == 1 and cached[0].endswith("-mae_visualize_micro.pth")  # broken: not kept
     assert not model.training
+
+
+def official_file(folder, seed):
+    """An official-format checkpoint of a micro MAE with random weights of ``seed``; returns
+    the model it came from."""
+    from mae import MAE, MAEConfig
+    from mae.convert import to_official
+
+    torch.manual_seed(seed)
+    source = MAE(MAEConfig.preset("micro", norm_pix_loss=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": to_official(source)}, folder / "checkpoint.pth")
+    return source
+
+
+def same_weights(a, b):
+    return all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_official_downloads_are_cached_by_the_whole_url_and_only_when_whole(tmp_path,
+                                                                            monkeypatch):
+    a, b = official_file(tmp_path / "www" / "a", 0), official_file(tmp_path / "www" / "b", 1)
+    cache = tmp_path / "cache" / "official"
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "cache"))
+    with serving(tmp_path / "www") as url:
+        load = functools.partial(pretrained.load_official, preset="micro", norm_pix_loss=False)
+        assert same_weights(load(url + "a/checkpoint.pth"), a)
+        assert same_weights(load(url + "b/checkpoint.pth"), b)  # the same name, another file
+        load(url + "a/checkpoint.pth?v=2")
+        assert len(list(cache.iterdir())) == 3  # the query is part of the key
+        with pytest.raises(CheckpointError, match="names a folder, not a file"):
+            load(url + "a/")
+        with pytest.raises(CheckpointError, match=r"stopped after \d+ of \d+ bytes; it was not "
+                                                  r"kept"):
+            load(url + "short/b/checkpoint.pth")
+    assert len(list(cache.iterdir())) == 3  # neither the listing nor the half file
+
+
+def test_load_official_names_what_to_change_not_arguments_it_lacks(tmp_path):
+    from mae.convert import ConversionError
+
+    official_file(tmp_path, 0)
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    encoder = {k: v for k, v in state["model"].items() if not k.startswith(("decoder", "mask"))}
+    torch.save({"model": encoder}, tmp_path / "encoder.pth")
+    with pytest.raises(ConversionError) as e:
+        pretrained.load_official(str(tmp_path / "encoder.pth"), "micro", norm_pix_loss=False)
+    assert "does not fit the model of preset 'micro'" in str(e.value) and "missing" in str(e.value)
+    assert "format" not in str(e.value)  # load_official takes none
+
+
+def test_load_messages_point_the_right_way(exported, tmp_path, monkeypatch):
+    root, record = exported
+    repo = tmp_path / "repo"
+    (repo / "checkpoints").mkdir(parents=True)
+    (repo / "checkpoints" / "tiny.pt").write_bytes((root / "files" / "tiny.pt").read_bytes())
+    monkeypatch.setitem(pretrained.REGISTRY, "tiny",
+                        pretrained.Entry("tiny", "tiny.pt", record["sha256"], "test model"))
+    monkeypatch.setattr(pretrained, "checkout_dir", lambda: repo / "checkpoints")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CheckpointError, match="CUDA is not available on this host; load it with "
+                                              "map_location='cpu'") as e:
+        pretrained.load("tiny", map_location="cuda")
+    assert "corrupted" not in str(e.value) and "delete" not in str(e.value)
+    for call in (pretrained.load, pretrained.resolve):
+        with pytest.raises(CheckpointError, match="Did you mean 'tiny'?") as e:
+            call("tinny")
+        assert "pass the path" not in str(e.value)
+    with pytest.raises(CheckpointError, match="load_pretrained"):
+        pretrained.load("tinny")
+    (repo / "checkpoints" / "tiny.pt").write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match=f"git -C {repo} checkout -- checkpoints/tiny.pt"):
+        pretrained.load("tiny")
