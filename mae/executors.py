@@ -220,8 +220,8 @@ def submit_pretrain(model_config: MAEConfig, train_config: TrainConfig, out: Pat
                     **flags: Any) -> tuple[dict[str, Any] | None, Any]:
     """Submit one pre-training on ``nodes`` nodes, one task per GPU (``tasks_per_node`` on a
     CPU cluster); returns (its metrics when waited for, the job)."""
-    from .provenance import check_writable
     from .checkpoint import refuse_existing_run
+    from .provenance import check_writable
 
     out = Path(out).resolve()
     check_writable(out, "--out folder")
