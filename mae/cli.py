@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "names the trained models mae.pretrained.load knows.")
     p.add_argument("run", nargs="?", help=f"the run folder (or its {CHECKPOINT})")
     p.add_argument("--out", help="the .pt file to write; its record goes to the same name .json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file and its .json record")
     p.add_argument("--list", action="store_true", help="list the registered trained models")
     p.set_defaults(func=cmd_export)
 

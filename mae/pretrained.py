@@ -226,25 +226,58 @@ def load(name: str, map_location: str = "cpu", download: bool = True):
     return load_pretrained(path(name, download), map_location)
 
 
-def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
-    no optimizer state, a third of the size) to ``out``, and return its record: the run's
-    ``pretrain_metrics.json`` plus the file's size and sha256."""
+def run_record(ckpt_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How the run reached the checkpoint's own step: its ``pretrain_metrics.json`` when that
+    records this step, else what the checkpoint holds, with a note (a run stopped before its end
+    wrote none, or kept an earlier segment's when it was resumed and stopped again)."""
     import json
 
+    metrics_file = ckpt_path.parent / "pretrain_metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    step, history = ckpt["step"], ckpt.get("history") or []
+    if metrics.get("steps") == step:
+        return metrics
+    found = f"records step {metrics.get('steps')}" if metrics else "is absent or unreadable"
+    return {"steps": step, "epochs": history[-1]["epoch"] if history else 0.0,
+            "wall_time_s": ckpt.get("wall_time"), "cpu_time_s": ckpt.get("cpu_time"),
+            "config": ckpt["config"], "data": ckpt.get("data"),
+            "precision": ckpt.get("precision"), "skipped_images": ckpt.get("skipped_images"),
+            "note": f"the run stopped at step {step} before it wrote its record "
+                    f"({metrics_file.name} {found}): this record is what {CHECKPOINT} holds"}
+
+
+def export(run: str | os.PathLike, out: str | os.PathLike,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
+    no optimizer state, a third of the size) to ``out``, and its record beside it (the same name,
+    ``.json``): the run's record at the checkpoint's step (`run_record`) plus the file's size and
+    sha256. Returns the record. Existing files are replaced only with ``overwrite``."""
+    from .config import ConfigError
+    from .files import check_writable, write_json_atomic
+
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise ConfigError(f"--out {out} should end in .pt (its record goes to "
+                          f"{out.with_suffix('.json').name}).")
+    there = [str(p) for p in (out, out.with_suffix(".json")) if p.exists()]
+    if there and not overwrite:
+        raise ConfigError(f"{' and '.join(there)} already exist{'s' * (len(there) == 1)}: pass "
+                          f"--overwrite to replace, or choose another --out.")
     ckpt_path = run_checkpoint(run)
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "
                               f"or step): export the {CHECKPOINT} that pretrain wrote.")
-    out = Path(out)
-    if out.exists():
-        raise CheckpointError(f"{out} exists: remove it first, or choose another --out.")
-    metrics_file = ckpt_path.parent / "pretrain_metrics.json"
-    pretrain = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    check_writable(out.parent, "--out folder")
+    pretrain = run_record(ckpt_path, ckpt)
     save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
                           "data": ckpt.get("data"), "step": ckpt["step"],
                           "pretrain": pretrain, "epoch_loss": epoch_means(ckpt["history"])})
-    return {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
-            "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
-            "pretrain": pretrain}
+    record = {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
+              "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
+              "pretrain": pretrain}
+    write_json_atomic(out.with_suffix(".json"), record)
+    return record

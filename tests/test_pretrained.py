@@ -13,6 +13,8 @@ import torch
 from conftest import SMALL, needs_cifar
 from mae import pretrained
 from mae.checkpoint import CheckpointError, load_checkpoint
+from mae.cli import main
+from mae.config import ConfigError
 from mae.data import ImageDataset
 from mae.train import pretrain
 
@@ -20,15 +22,18 @@ TRAIN = dict(dataset="synthetic", epochs=1.0, batch_size=32, warmup_epochs=0.0,
              checkpoint_every=0, num_threads=1)
 
 
+def random_images():
+    g = torch.Generator().manual_seed(0)
+    return ImageDataset("synthetic", "train", torch.randint(0, 256, (64, 3, 32, 32), generator=g,
+                                                            dtype=torch.uint8),
+                        torch.arange(64) % 2, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A 2-step run on random images, exported; returns (folder, record)."""
     root = tmp_path_factory.mktemp("exported")
-    g = torch.Generator().manual_seed(0)
-    data = ImageDataset("synthetic", "train", torch.randint(0, 256, (64, 3, 32, 32), generator=g,
-                                                            dtype=torch.uint8),
-                        torch.arange(64) % 2, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
-    pretrain(SMALL, TRAIN, root / "run", dataset=data, progress=False)
+    pretrain(SMALL, TRAIN, root / "run", dataset=random_images(), progress=False)
     record = pretrained.export(root / "run", root / "files" / "tiny.pt")
     return root, record
 
@@ -47,10 +52,42 @@ def test_export_keeps_weights_and_record_drops_optimizer(exported):
     assert [e["epoch"] for e in ckpt["epoch_loss"]] == [1]
     assert ckpt["epoch_loss"][0]["loss"] == pytest.approx(
         sum(h["loss"] for h in run["history"]) / 2)
-    with pytest.raises(CheckpointError, match="exists"):
+    assert json.loads((root / "files" / "tiny.json").read_text()) == record
+    with pytest.raises(ConfigError, match="tiny.pt and .*tiny.json already exist: pass "
+                                          "--overwrite"):
         pretrained.export(root / "run", root / "files" / "tiny.pt")
     with pytest.raises(CheckpointError, match="not a pre-training checkpoint"):
         pretrained.export(root / "files" / "tiny.pt", root / "files" / "again.pt")
+
+
+def test_export_takes_the_record_of_the_checkpoints_own_step(tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(SMALL, {**TRAIN, "max_steps": 1}, run, dataset=random_images(), progress=False)
+    first = (run / "pretrain_metrics.json").read_text()
+    pretrain(SMALL, {**TRAIN, "max_steps": 2}, run, resume=True, dataset=random_images(),
+             progress=False)
+    (run / "pretrain_metrics.json").write_text(first)  # stopped before it wrote its own record
+    assert main(["export", str(run), "--out", str(tmp_path / "m.pt")]) == 0
+    assert "note: the run stopped at step 2 before it wrote its record (pretrain_metrics.json " \
+           "records step 1)" in capsys.readouterr().out
+    record = json.loads((tmp_path / "m.json").read_text())
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert record["step"] == record["pretrain"]["steps"] == 2
+    assert record["pretrain"]["wall_time_s"] == ckpt["wall_time"]
+    assert record["pretrain"]["epochs"] == 1
+    assert load_checkpoint(tmp_path / "m.pt")["pretrain"] == record["pretrain"]
+
+
+def test_export_replaces_a_file_or_its_record_only_with_overwrite(exported, tmp_path, capsys):
+    root, _ = exported
+    out = tmp_path / "m.pt"
+    out.with_suffix(".json").write_text("mine")
+    assert main(["export", str(root / "run"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {out.with_suffix('.json')} already exists: pass "
+                                       f"--overwrite to replace, or choose another --out.\n")
+    assert out.with_suffix(".json").read_text() == "mine" and not out.exists()
+    assert main(["export", str(root / "run"), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["step"] == 2 and out.is_file()
 
 
 @pytest.fixture
