@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from .config import ConfigError, MAEError
 from .files import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"  # the checkpoint of a run folder
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MAEError, RuntimeError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 
@@ -42,6 +43,13 @@ def run_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint a path names: a run folder's ``checkpoint.pt``, or the file itself."""
     path = Path(path)
     return path / CHECKPOINT if path.is_dir() else path
+
+
+def refuse_existing_run(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run (its checkpoint) is written into only to resume or replace it."""
+    if (Path(out) / CHECKPOINT).is_file() and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to continue "
+                          f"it, --overwrite to replace it, or choose another --out.")
 
 
 def load_checkpoint(
@@ -61,13 +69,16 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path (a run folder "
-                              f"or the checkpoint.pt in it).")
+                              f"or the {CHECKPOINT} in it).")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive; a damaged one still starts so
         raise CheckpointError(f"{path} is not a checkpoint: torch.save writes a zip archive and "
                               f"this file is none (a text file, or another format?). Pass the "
-                              f"checkpoint.pt that pretrain wrote, or its run folder.")
+                              f"{CHECKPOINT} that pretrain wrote, or its run folder.")
+    if str(map_location).startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"cannot load {path} onto {map_location}: CUDA is not available on "
+                              f"this host; load it with map_location='cpu'.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

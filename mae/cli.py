@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import sys
 
+from .checkpoint import CHECKPOINT
 from .commands import (
     cmd_ablate, cmd_export, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
 )
-from .config import PRESETS, ConfigError
+from .config import PRESETS, MAEError
 from .recipe import PRECISIONS, EvalConfig, TrainConfig
 
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score on the first N test images only (default 0: all)")
 
     def init_flags(p):
-        p.add_argument("--checkpoint", help="pre-trained checkpoint.pt, its run folder, or a "
+        p.add_argument("--checkpoint", help=f"pre-trained {CHECKPOINT}, its run folder, or a "
                                             "trained model's name (python -m mae export --list); "
                                             "omit for the random-init baseline of --preset / --set")
         model_flags(p, default=None)
@@ -81,14 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--account", help="SLURM account")
 
     p = sub.add_parser("pretrain", help="pre-train an MAE; resumable",
-                       description="Pre-train an MAE. Writes checkpoint.pt, history.csv/json and "
+                       description=f"Pre-train an MAE. Writes {CHECKPOINT}, history.csv/json and "
                                    "pretrain_metrics.json into --out.")
     model_flags(p, default=None)
     p.add_argument("--config", help="a JSON / YAML file with the run's model and train configs "
                                     "(what mae ablate passes to torchrun); flags override it")
     add_dataclass_flags(p, TrainConfig, "training recipe")
     p.add_argument("--out", required=True, help="run folder for checkpoints and history")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help=f"continue from --out/{CHECKPOINT}")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (without it, a folder with a run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("visualize", help="draw reconstructions of test images to a PNG",
                        description="Draw original / masked / reconstruction for test images.")
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pt, its run folder, or a trained model's name")
+                   help=f"{CHECKPOINT}, its run folder, or a trained model's name")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=6, help="number of images (default: 6)")
     p.add_argument("--mask-ratio", type=float, help="mask ratio (default: the model's)")
@@ -143,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pre-training run (no optimizer state) to --out, and its record "
                                    "(pretrain_metrics.json, sha256) beside it as JSON. --list "
                                    "names the trained models mae.pretrained.load knows.")
-    p.add_argument("run", nargs="?", help="the run folder (or its checkpoint.pt)")
+    p.add_argument("run", nargs="?", help=f"the run folder (or its {CHECKPOINT})")
     p.add_argument("--out", help="the .pt file to write; its record goes to the same name .json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file and its .json record")
     p.add_argument("--list", action="store_true", help="list the registered trained models")
     p.set_defaults(func=cmd_export)
 
@@ -191,17 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import re
 
-    from .checkpoint import CheckpointError
-    from .convert import ConversionError
-    from .data import DataError
-    from .executors import JobError
-    from .train import NonFiniteLossError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ConversionError, NonFiniteLossError,
-            JobError, OSError) as e:
+    except (MAEError, OSError) as e:
         if args.debug or os.environ.get("MAE_DEBUG") == "1":
             raise
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # no terminal colour codes from torch

@@ -240,7 +240,6 @@ def cmd_visualize(args) -> int:
 
 def cmd_export(args) -> int:
     from . import pretrained
-    from .provenance import write_json_atomic
 
     if args.list:
         for name in pretrained.names():
@@ -249,14 +248,10 @@ def cmd_export(args) -> int:
         return 0
     if not args.run or not args.out:
         raise ConfigError("export needs a run folder and --out FILE.pt (or --list).")
-    out = Path(args.out)
-    if out.suffix != ".pt":
-        raise ConfigError(f"--out {out} should end in .pt (its record goes to "
-                          f"{out.with_suffix('.json').name}).")
-    check_writable(out.parent, "--out folder")
-    record = pretrained.export(args.run, out)
-    write_json_atomic(out.with_suffix(".json"), record)
-    print(f"{out}: {record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256']}")
+    record = pretrained.export(args.run, args.out, args.overwrite)
+    if "note" in record["pretrain"]:
+        print(f"note: {record['pretrain']['note']}")
+    print(f"{args.out}: {record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256']}")
     return 0
 
 

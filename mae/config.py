@@ -17,15 +17,25 @@ from typing import Any
 MASK_SAMPLINGS = ("random", "block", "grid")
 
 
-class ConfigError(ValueError):
+class MAEError(Exception):
+    """The base of every error this package raises on purpose: its message (one line) says what
+    was wrong and how to fix it, and `mae.cli.main` prints it as ``error: ...`` (exit status 2)."""
+
+
+class ConfigError(MAEError, ValueError):
     """A configuration key or value is invalid; the message says how to fix it."""
+
+
+def did_you_mean(key: str, valid: list[str]) -> str:
+    """`` Did you mean 'x'?`` with the valid name nearest ``key``; empty when none is near."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def unknown_key_error(key: str, valid: list[str], what: str) -> ConfigError:
     """Build the error for an unknown key, suggesting the closest valid one."""
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown {what} key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}.")
+    return ConfigError(f"unknown {what} key {key!r}.{did_you_mean(key, valid)} Valid keys: "
+                       f"{', '.join(sorted(valid))}.")
 
 
 def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .config import MAEConfig
+from .config import MAEConfig, MAEError
 from .model import MAE
 from .pos_embed import sincos_2d
 
@@ -28,7 +28,7 @@ StateDict = dict[str, torch.Tensor]
 FORMATS = ("mae", "official", "transformers")
 
 
-class ConversionError(ValueError):
+class ConversionError(MAEError, ValueError):
     """A state dict does not fit the model; the message lists the keys and what to do."""
 
 

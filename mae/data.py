@@ -18,8 +18,9 @@ import torch
 from .config import unknown_key_error
 from .dataset import (
     CIFAR_MEAN, CIFAR_STD, DATASETS, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset,
-    cache_dir, data_root, download_with, missing_error,
+    data_root, download_with, missing_error,
 )
+from .files import cache_dir
 from .imagefolder import find_imagenette, load_image_folder, train_classes
 from .streaming import FolderFiles, list_folder
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from .config import MAEError
 from .runtime import STREAM_SUBSET, generator
 
 DATA_ENV = "MAE_DATA"
-CACHE_ENV = "MAE_CACHE"
 DATASETS = ("cifar10", "cifar100", "imagenette", "folder:<path>")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -31,7 +31,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(RuntimeError):
+class DataError(MAEError, RuntimeError):
     """Data missing, corrupted or invalid; the message says where we looked and what to do."""
 
 
@@ -144,10 +144,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return Path("~/.cache/mae/data").expanduser()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
 
 
 def download_with(what: str, root: Path, fetch) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablate import check_stale, load_tier, project_root, resolved_configs, run_sweep, sweep_points
-from .config import ConfigError, MAEConfig
+from .config import ConfigError, MAEConfig, MAEError
 from .provenance import write_json_atomic
 from .recipe import TrainConfig
 from .train import PretrainResult
@@ -109,7 +109,7 @@ def job_failure(job, error: Exception) -> str:
     return f"job {job.job_id} failed: {reason} (log: {job.paths.stderr})"
 
 
-class JobError(RuntimeError):
+class JobError(MAEError, RuntimeError):
     """A submitted job failed; the message is :func:`job_failure`'s one line."""
 
 
@@ -220,14 +220,12 @@ def submit_pretrain(model_config: MAEConfig, train_config: TrainConfig, out: Pat
                     **flags: Any) -> tuple[dict[str, Any] | None, Any]:
     """Submit one pre-training on ``nodes`` nodes, one task per GPU (``tasks_per_node`` on a
     CPU cluster); returns (its metrics when waited for, the job)."""
+    from .checkpoint import refuse_existing_run
     from .provenance import check_writable
-    from .train import CHECKPOINT
 
     out = Path(out).resolve()
     check_writable(out, "--out folder")
-    if (out / CHECKPOINT).is_file() and not (resume or overwrite):
-        raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to "
-                          f"continue it, --overwrite to replace it, or choose another --out.")
+    refuse_existing_run(out, resume, overwrite)
     options = slurm_options({"name": "pretrain"}, flags)
     tasks = tasks_per_node or max(1, options["gpus_per_node"])
     if nodes < 1 or tasks < 1:

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .config import MAEError
 
-class DiskFullError(OSError):
+
+class DiskFullError(MAEError, OSError):
     """No space was left while writing a file; nothing half-written was kept. Its message (one
     line) says so and names the file."""
 
@@ -127,6 +129,14 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
         raise ConfigError(f"cannot write to {what} {folder} ({e.strerror or e}): choose a "
                           f"writable place.") from e
     return folder
+
+
+CACHE_ENV = "MAE_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded datasets are kept: ``$MAE_CACHE``, else ``~/.cache/mae``."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mae").expanduser()
 
 
 LOCK_FILE = ".lock"

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .dataset import (
-    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, cache_dir, download_with,
+    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, download_with,
     missing_error,
 )
-from .files import atomic_write, remove_stale_temporaries
+from .files import atomic_write, cache_dir, remove_stale_temporaries
 
 
 def _decode(data: bytes, size: int, where: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ one registered below, so a changed or truncated file is never loaded.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import math
 import os
 import urllib.error
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
-    CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
+    CHECKPOINT, CheckpointError, load_checkpoint, load_pretrained, run_checkpoint, save_checkpoint,
 )
-from .files import DiskFullError, atomic_write
+from .config import did_you_mean
+from .files import DiskFullError, atomic_write, cache_dir
 
 BASE_URL = "https://github.com/mae-book/mae-book/raw/main/checkpoints/"
 """Where the files are downloaded from; ``$MAE_CHECKPOINT_URL`` replaces it (a mirror, a test)."""
@@ -55,19 +57,16 @@ def names() -> list[str]:
 
 def lookup(name: str) -> Entry:
     if name not in REGISTRY:
-        known = ", ".join(names()) or "none"
-        raise CheckpointError(f"no trained model is named {name!r}; the names are: {known} (or "
-                              f"pass the path of a checkpoint.pt or its run folder).")
+        raise CheckpointError(
+            f"no trained model is named {name!r}.{did_you_mean(name, names())} The names are: "
+            f"{', '.join(names()) or 'none'}; a run folder or {CHECKPOINT} of your own loads "
+            f"with mae.checkpoint.load_pretrained(path).")
     return REGISTRY[name]
 
 
 def checkout_dir() -> Path:
     """``checkpoints/`` of the checkout this package was imported from (it may not exist)."""
     return Path(__file__).resolve().parents[1] / "checkpoints"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MAE_CACHE") or Path.home() / ".cache" / "mae")
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -88,7 +87,8 @@ def path(name: str, download: bool = True) -> Path:
         if found != entry.sha256:
             raise CheckpointError(
                 f"{local} has sha256 {found[:16]}..., not the registered {entry.sha256[:16]}...: "
-                f"the file was changed. Restore it (git checkout -- {local.name}).")
+                f"the file was changed. Restore it: git -C {local.parent.parent} checkout -- "
+                f"{local.parent.name}/{local.name}")
         return local
     cached = cache_dir() / entry.file
     if cached.is_file():
@@ -110,14 +110,19 @@ def _download(entry: Entry, target: Path) -> Path:
 
 def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Path:
     """Fetch ``url`` into ``target`` through a temporary file (never half a file under the real
-    name, `mae.files.atomic_write`); with ``sha``, a download whose sha256 differs is refused and
-    not kept."""
-    digest = hashlib.sha256()
+    name, `mae.files.atomic_write`); a download shorter than the server's Content-Length, or
+    (with ``sha``) one whose sha256 differs, is refused and not kept."""
+    digest, size = hashlib.sha256(), 0
     try:
         with atomic_write(target) as f, urllib.request.urlopen(url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 f.write(block)
                 digest.update(block)
+                size += len(block)
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and size != int(length):
+                raise CheckpointError(f"the download of {what} from {url} stopped after {size} of "
+                                      f"{length} bytes; it was not kept. Try again, or {fix}.")
             found = digest.hexdigest()
             if sha is not None and found != sha:
                 raise CheckpointError(
@@ -125,13 +130,30 @@ def download(url: str, target: Path, sha: str | None, what: str, fix: str) -> Pa
                     f"registered {sha[:16]}...; it was not kept. Try again, or {fix}.")
     except DiskFullError:
         raise
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(f"cannot download {what} from {url} ({reason}): {fix}.") from e
     return target
 
 
-def load_official(source: str, preset: str = "large", **overrides: Any):
+def official_file(source: str) -> Path:
+    """The local file of an official checkpoint: ``source`` itself, or for a URL its download,
+    cached under a hash of the whole URL (query included) and its file name, so two URLs never
+    share a file."""
+    if "://" not in source:
+        return Path(source)
+    name = Path(urllib.parse.urlparse(source).path).name
+    if source.endswith("/") or not name:
+        raise CheckpointError(f"{source} names a folder, not a file: pass the URL of the .pth file "
+                              f"itself (as the released-weights page lists them).")
+    cached = cache_dir() / "official" / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
+    if not cached.is_file():
+        download(source, cached, None, "the official checkpoint",
+                 "check the URL and the network, or download it by hand and pass its path")
+    return cached
+
+
+def load_official(source: str | os.PathLike, preset: str = "large", **overrides: Any):
     """An MAE with the weights of an official facebookresearch/mae checkpoint: ``source`` is its
     URL (downloaded once into ``$MAE_CACHE``) or a local ``.pth`` file; ``preset`` and
     ``overrides`` must describe the checkpoint's model (e.g. ``norm_pix_loss=False`` for the
@@ -139,33 +161,47 @@ def load_official(source: str, preset: str = "large", **overrides: Any):
     import torch
 
     from .config import MAEConfig
-    from .convert import load_weights
+    from .convert import ConversionError, load_weights
     from .model import MAE
 
     model = MAE(MAEConfig.preset(preset, **overrides))  # a config error before any download
-    local = Path(source)
-    if "://" in source:
-        local = cache_dir() / "official" / Path(urllib.parse.urlparse(source).path).name
-        if not local.is_file():
-            download(source, local, None, "the official checkpoint",
-                     "check the URL and the network, or download it by hand and pass its path")
+    source = os.fspath(source)
+    local = official_file(source)
     if not local.is_file():
         raise CheckpointError(f"{local} does not exist: pass the .pth file you downloaded, or "
                               f"its URL.")
     try:
         state = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, or not a torch file at all
+    except Exception as e:  # not a torch file at all (an HTML page, a damaged copy)
+        if local != Path(source):  # a download: never kept when it does not load
+            local.unlink(missing_ok=True)
+            raise CheckpointError(f"the file downloaded from {source} cannot be read as a torch "
+                                  f"checkpoint ({type(e).__name__}); it was not kept. Check that "
+                                  f"the URL names the .pth file itself.") from e
         raise CheckpointError(f"{local} cannot be read as a torch checkpoint "
-                              f"({type(e).__name__}); delete it and download it again.") from e
-    load_weights(model, state, "official")
+                              f"({type(e).__name__}); download it again.") from e
+    missing, unexpected = load_weights(model, state, "official", strict=False)
+    if missing or unexpected:
+        keys = "; ".join(f"{what} {len(k)} key(s): {', '.join(k[:5])}{' ...' * (len(k) > 5)}"
+                         for what, k in (("missing", missing), ("unexpected", unexpected)) if k)
+        raise ConversionError(
+            f"{source} does not fit the model of preset {preset!r} with {overrides or 'no'} "
+            f"overrides ({keys}): pass the preset and overrides of the checkpoint's model. A "
+            f"fine-tuned encoder-only file has no decoder: read it with torch.load and "
+            f"mae.convert.load_weights(model, state, 'official', strict=False).")
     return model.eval()
 
 
 def resolve(source: str | os.PathLike) -> Path:
     """What ``--checkpoint`` names: an existing path as it is, else a registered model's file."""
-    if Path(source).exists() or str(source) not in REGISTRY:
+    if Path(source).exists():
         return Path(source)
-    return path(str(source))
+    if str(source) in REGISTRY:
+        return path(str(source))
+    if hint := did_you_mean(str(source), names()):
+        raise CheckpointError(f"checkpoint {source} does not exist, and no trained model is "
+                              f"named so.{hint} (python -m mae export --list names them all.)")
+    return Path(source)
 
 
 def epoch_means(history: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -190,25 +226,58 @@ def load(name: str, map_location: str = "cpu", download: bool = True):
     return load_pretrained(path(name, download), map_location)
 
 
-def export(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
-    no optimizer state, a third of the size) to ``out``, and return its record: the run's
-    ``pretrain_metrics.json`` plus the file's size and sha256."""
+def run_record(ckpt_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How the run reached the checkpoint's own step: its ``pretrain_metrics.json`` when that
+    records this step, else what the checkpoint holds, with a note (a run stopped before its end
+    wrote none, or kept an earlier segment's when it was resumed and stopped again)."""
     import json
 
+    metrics_file = ckpt_path.parent / "pretrain_metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    step, history = ckpt["step"], ckpt.get("history") or []
+    if metrics.get("steps") == step:
+        return metrics
+    found = f"records step {metrics.get('steps')}" if metrics else "is absent or unreadable"
+    return {"steps": step, "epochs": history[-1]["epoch"] if history else 0.0,
+            "wall_time_s": ckpt.get("wall_time"), "cpu_time_s": ckpt.get("cpu_time"),
+            "config": ckpt["config"], "data": ckpt.get("data"),
+            "precision": ckpt.get("precision"), "skipped_images": ckpt.get("skipped_images"),
+            "note": f"the run stopped at step {step} before it wrote its record "
+                    f"({metrics_file.name} {found}): this record is what {CHECKPOINT} holds"}
+
+
+def export(run: str | os.PathLike, out: str | os.PathLike,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
+    no optimizer state, a third of the size) to ``out``, and its record beside it (the same name,
+    ``.json``): the run's record at the checkpoint's step (`run_record`) plus the file's size and
+    sha256. Returns the record. Existing files are replaced only with ``overwrite``."""
+    from .config import ConfigError
+    from .files import check_writable, write_json_atomic
+
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise ConfigError(f"--out {out} should end in .pt (its record goes to "
+                          f"{out.with_suffix('.json').name}).")
+    there = [str(p) for p in (out, out.with_suffix(".json")) if p.exists()]
+    if there and not overwrite:
+        raise ConfigError(f"{' and '.join(there)} already exist{'s' * (len(there) == 1)}: pass "
+                          f"--overwrite to replace, or choose another --out.")
     ckpt_path = run_checkpoint(run)
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "
-                              f"or step): export the checkpoint.pt that pretrain wrote.")
-    out = Path(out)
-    if out.exists():
-        raise CheckpointError(f"{out} exists: remove it first, or choose another --out.")
-    metrics_file = ckpt_path.parent / "pretrain_metrics.json"
-    pretrain = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+                              f"or step): export the {CHECKPOINT} that pretrain wrote.")
+    check_writable(out.parent, "--out folder")
+    pretrain = run_record(ckpt_path, ckpt)
     save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
                           "data": ckpt.get("data"), "step": ckpt["step"],
                           "pretrain": pretrain, "epoch_loss": epoch_means(ckpt["history"])})
-    return {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
-            "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
-            "pretrain": pretrain}
+    record = {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
+              "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
+              "pretrain": pretrain}
+    write_json_atomic(out.with_suffix(".json"), record)
+    return record

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT, save_checkpoint, write_history
-from .config import ConfigError, MAEConfig, check_hides_a_patch
+from .checkpoint import CHECKPOINT, refuse_existing_run, save_checkpoint, write_history
+from .config import ConfigError, MAEConfig, MAEError, check_hides_a_patch
 from .recipe import TrainConfig
 from .resume import resumable_checkpoint
 from .augment import augment, crop_boxes, normalize, resize_batch
@@ -43,7 +43,7 @@ from .runtime import (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MAEError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -133,9 +133,7 @@ def pretrain(
     if out is not None:  # before any data is loaded or step is taken
         check_writable(out, "run folder")
         remove_stale_temporaries(out)
-        if (out / CHECKPOINT).is_file() and not (resume or overwrite):
-            raise ConfigError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to "
-                              f"continue it, --overwrite to replace it, or choose another --out.")
+        refuse_existing_run(out, resume, overwrite)
     if tc.tensorboard:  # fail before any data is loaded, not after
         tensorboard_writer(out, 0, check_only=True)
     info, device = init_distributed(tc.device)

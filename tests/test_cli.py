@@ -74,3 +74,34 @@ def test_frozen_scores_probe_and_knn_on_one_extraction_of_subsets(tmp_path):
     assert metrics["pretrain_steps"] == 0
     bad = run("frozen", *flags, "--test-subset=-1")
     assert bad.returncode == 2 and "--test-subset must be 0" in bad.stderr
+
+
+def test_every_error_of_mae_is_an_maeerror_that_main_prints_as_one_line(monkeypatch, capsys):
+    import importlib
+    import pkgutil
+
+    import mae
+    from mae import cli
+    from mae.config import MAEError
+
+    errors = {}
+    for module in pkgutil.iter_modules(mae.__path__):
+        if module.name != "__main__":
+            m = importlib.import_module(f"mae.{module.name}")
+            errors.update({c.__name__: c for c in vars(m).values() if isinstance(c, type)
+                           and issubclass(c, BaseException) and c.__module__ == m.__name__})
+    assert {"ConfigError", "DataError", "CheckpointError", "ConversionError",
+            "NonFiniteLossError", "JobError", "DiskFullError"} <= set(errors)
+    assert [n for n, c in errors.items() if not issubclass(c, MAEError)] == []
+    assert issubclass(errors["ConfigError"], ValueError) and issubclass(errors["DiskFullError"],
+                                                                        OSError)
+
+    class NewError(MAEError):
+        pass
+
+    def fail(args):
+        raise NewError("something was wrong: do this instead")
+
+    monkeypatch.setattr(cli, "cmd_report", fail)
+    assert cli.main(["report"]) == 2
+    assert capsys.readouterr().err == "error: something was wrong: do this instead\n"

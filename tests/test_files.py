@@ -134,3 +134,22 @@ def test_atomic_writes_and_the_checkpoint_name_have_one_home():
     assert literal == {"checkpoint.py"}
     temporaries = {path.name for path in PACKAGE.glob("*.py") if ".tmp{" in path.read_text()}
     assert temporaries == {"files.py"}
+
+
+def test_the_cache_folder_and_the_run_guard_have_one_home():
+    trees = {path.name: ast.parse(path.read_text()) for path in PACKAGE.glob("*.py")}
+    defined = [name for name, tree in trees.items() for node in ast.walk(tree)
+               if isinstance(node, ast.FunctionDef) and node.name == "cache_dir"]
+    assert defined == ["files.py"]
+    docstrings = {id(node.body[0].value) for tree in trees.values() for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+
+    def saying(text: str) -> set[str]:
+        """The modules with a string (a docstring aside) that holds ``text``."""
+        return {name for name, tree in trees.items() for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and text in node.value and id(node) not in docstrings}
+
+    assert saying("already holds a run") == {"checkpoint.py"}  # refuse_existing_run
+    assert saying("checkpoint.pt") == {"checkpoint.py"}  # CHECKPOINT; messages say {CHECKPOINT}
