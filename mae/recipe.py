@@ -90,7 +90,7 @@ class TrainConfig(ConfigBase):
     checkpoint_every: int = _f(500, "save a checkpoint every N optimizer steps (and at the end)", 0)
     snapshot_epochs: str = _f("", "also keep the model at these epochs, comma-separated (e.g. "
                                   "25,50,100): <out>/snapshot-epoch<E>.pt, weights and configs "
-                                  "only, evaluated like checkpoint.pt")
+                                  "only, evaluated like the run's checkpoint")
     max_steps: int = _f(0, "stop after N optimizer steps of the full schedule (0: run it all)", 0)
     num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default)", 0)
     tensorboard: bool = _f(False, "also log loss, lr and images/s per step to <out>/tensorboard "
