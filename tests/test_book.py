@@ -83,3 +83,17 @@ def test_mechanics_figures_exist_and_are_the_ones_the_chapters_show():
         for name in sorted(names):
             assert (ROOT / "book" / "figures" / name).is_file(), f"{stem}: {name} is missing"
             assert name in drawn, f"{stem}: {name} is not drawn by tools/draw_mechanics.py"
+
+
+def test_readme_trained_models_table_is_generated_from_the_records():
+    """README's table of trained models is tools/readme_models.py's output (no placeholder left),
+    one row per shipped checkpoint, and the download mirror's variable is documented."""
+    import readme_models
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme_models.table()
+    assert table in readme, "README's trained-models table is stale: run tools/readme_models.py"
+    assert "_LINE" not in readme
+    names = sorted(p.stem for p in (ROOT / "checkpoints").glob("*.pt"))
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == names
+    assert "MAE_CHECKPOINT_URL" in readme
