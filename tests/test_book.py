@@ -1,5 +1,6 @@
 """The book builds with warnings as errors, and the build checker finds what it should."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,45 @@ def test_mechanics_figures_exist_and_are_the_ones_the_chapters_show():
         for name in sorted(names):
             assert (ROOT / "book" / "figures" / name).is_file(), f"{stem}: {name} is missing"
             assert name in drawn, f"{stem}: {name} is not drawn by tools/draw_mechanics.py"
+
+
+def test_readme_trained_models_table_is_generated_from_the_records():
+    """README's table of trained models is tools/readme_models.py's output (no placeholder left),
+    one row per shipped checkpoint, and the download mirror's variable is documented."""
+    import readme_models
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme_models.table()
+    assert table in readme, "README's trained-models table is stale: run tools/readme_models.py"
+    assert "_LINE" not in readme
+    names = sorted(p.stem for p in (ROOT / "checkpoints").glob("*.pt"))
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == names
+    assert "MAE_CHECKPOINT_URL" in readme
+
+
+HINT = re.compile(r"^   :::\{dropdown\} Hint \(cost: (?:CPU|GPU) (?:~|< )\d+(?:\.\d+)? (?:s|min|h)\)\n"
+                  r"(?P<body>.*?)^   :::$", flags=re.M | re.S)
+
+
+def test_every_exercise_has_a_collapsed_hint_with_the_expected_result_and_a_cost():
+    """Each chapter's exercises each end with one collapsed dropdown (sphinx-design, closed unless
+    `:open:`) titled with a cost tag such as "cost: CPU ~2 h", whose body gives a hint and the
+    expected result; no exercise in any chapter lacks one."""
+    import json
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        assert text.count("## Exercises") == 1, path.name
+        section = text.split("## Exercises", 1)[1]
+        items = re.split(r"^(?=\d+\. )", section, flags=re.M)[1:]
+        assert items, path.name
+        for number, item in enumerate(items, 1):
+            hints = list(HINT.finditer(item))
+            assert len(hints) == 1, f"{path.name}: exercise {number} needs one hint with a cost"
+            body = hints[0]["body"]
+            assert ":open:" not in body, f"{path.name}: exercise {number}'s hint is not collapsed"
+            hint, _, expected = body.partition("**Expected:**")
+            assert hint.strip() and expected.strip(), \
+                f"{path.name}: exercise {number}'s hint needs a hint and an expected result"
+        assert section.count(":::{dropdown}") == len(items), path.name
