@@ -42,7 +42,8 @@ test-floor: $(FLOOR_VENV)/.installed  ## the unit tests on the oldest supported 
 EXECUTE ?= 0
 book: install  ## build the HTML book into _build/html (warnings are errors; EXECUTE=1 re-runs chapters)
 	@if [ "$(EXECUTE)" = "1" ]; then \
-		for nb in $(CHAPTERS); do $(BIN)/jupyter execute --inplace $$nb || exit 1; done; fi
+		for nb in $(CHAPTERS); do $(BIN)/jupyter execute --inplace $$nb || exit 1; done; \
+		$(BIN)/python tools/runtime_lines.py; fi
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	$(BIN)/python tools/check_book.py _build/html
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from check_book import check, parse  # noqa: E402
@@ -37,7 +39,6 @@ def test_chapter_code_fits_the_page_and_every_chapter_ends_with_exercises():
     """88 columns fit the article at 1280 px (the book's CSS); each chapter closes with a summary
     and 3-5 exercises."""
     import json
-    import re
 
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
@@ -126,3 +127,24 @@ def test_every_exercise_has_a_collapsed_hint_with_the_expected_result_and_a_cost
             assert hint.strip() and expected.strip(), \
                 f"{path.name}: exercise {number}'s hint needs a hint and an expected result"
         assert section.count(":::{dropdown}") == len(items), path.name
+
+
+def test_every_chapter_states_the_running_time_its_execution_record_gives():
+    """The running-time line under each chapter's title is written from the cells' execution
+    timestamps (tools/runtime_lines.py), so it cannot drift from the outputs shown."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runtime_lines", ROOT / "tools" / "runtime_lines.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--check"]) == 0
+    for path in tool.chapters():
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "markdown").source
+        assert first.splitlines()[2] == tool.line(nb), path.name  # right under the title
+    record = {"execution": {"iopub.status.busy": "2026-01-01T00:00:00.000Z",
+                            "iopub.status.idle": "2026-01-01T00:02:30.000Z"}}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T\n\nText."),
+                                         nbformat.v4.new_code_cell("1", metadata=record)])
+    assert "2.5 minutes" in tool.line(nb)
+    assert tool.updated("# T\n\nText.", tool.line(nb)).splitlines()[2] == tool.line(nb)
