@@ -112,8 +112,7 @@ def pipeline_rate(config: MAEConfig, batch: int, repeats: int, device) -> dict |
     """The training data pipeline on CIFAR-10 (what mae.train runs per step), images/s."""
     from mae.recipe import TrainConfig
     from mae.data import DataError, load_dataset
-    from mae.runtime import Dist
-    from mae.train import draw_batch, epoch_order
+    from mae.train import BatchSource, draw_batch, epoch_order
 
     try:
         data = load_dataset("cifar10", "train")
@@ -123,12 +122,13 @@ def pipeline_rate(config: MAEConfig, batch: int, repeats: int, device) -> dict |
     data.to(device)
     tc = TrainConfig(dataset="cifar10", batch_size=batch)
     order = epoch_order(len(data), 0, 0)
+    source = BatchSource(data, config, tc)
     times = []
     for i in range(repeats + 1):
         start = (i * batch) % (len(data) - batch)
         sync(device)
         t = time.perf_counter()
-        draw_batch(data, order, start, batch, config.img_size, config, tc, i, Dist())
+        draw_batch(source, i, order, start)
         sync(device)
         times.append(time.perf_counter() - t)
     rate, spread = summary(times[1:], batch)

@@ -127,7 +127,7 @@ def model_for(args):
                               f"checkpoint holds. Drop {used}, or drop --checkpoint to evaluate a "
                               f"random initialisation.")
         return load_pretrained(resolve(args.checkpoint))
-    from .train import init_model
+    from .model import init_model
 
     config = MAEConfig.preset(args.preset or "micro", **parse_overrides(args.set))
     return init_model(config, 0 if args.init_seed is None else args.init_seed), {}

@@ -22,7 +22,7 @@ from .data import ImageDataset
 from .encoder import Encoder
 from .optim import layer_decay_groups, lr_at
 from .runtime import STREAM_FT, autocast, fused_adamw, generator, precision_name, seed_for
-from .train import init_model
+from .model import init_model
 
 
 # The official fine-tuning crop (timm's create_transform defaults): pre-training's is (0.2, 1).

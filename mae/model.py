@@ -20,6 +20,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .layers import init_weights
 from .loss import masked_mse, reconstruction_target
+from .runtime import STREAM_INIT, seed_for
 
 
 class MAEOutput(NamedTuple):
@@ -108,3 +109,11 @@ class MAE(nn.Module):
         with ``cls_token=False``)."""
         self.check_images(images)
         return self.encoder(images, 0.0).latent
+
+
+def init_model(config: MAEConfig | Mapping[str, Any], seed: int) -> MAE:
+    """The model a run with this seed starts from (also the random-init baseline). The caller's
+    global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, 0, STREAM_INIT))
+        return MAE(config)

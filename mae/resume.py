@@ -1,5 +1,6 @@
 """What a stopped pre-training must match to be continued: the recipe (how far to run and how
-to checkpoint may change), the resolved precision, the data and the loader it came through."""
+to checkpoint may change), the resolved precision, the data and the loader it came through; and
+the resume itself (`resume_run`), which a pre-training does once it is set up."""
 
 from __future__ import annotations
 
@@ -9,11 +10,41 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, check_config, load_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, check_config, load_checkpoint
 from .config import MAEConfig
+from .pretrain_setup import Run
 from .recipe import EXECUTION_KEYS, TrainConfig
-from .runtime import precision_name
+from .runtime import precision_name, set_rng_state
 from .streaming import loader_of
+
+
+def resume_run(run: Run, resume: bool, overwrite: bool, log=print) -> None:
+    """Start the run, or continue it: with ``overwrite``, the earlier run's checkpoint, history
+    and record are removed from the folder; with ``resume``, the folder's checkpoint (once
+    `resumable_checkpoint` has checked it) restores the model, the optimizer, the loss scaler,
+    the RNG and how far the run had come. Without a checkpoint a new run starts there."""
+    out, main = run.out, run.info.main
+    if out is not None and overwrite:
+        for name in (CHECKPOINT, "history.csv", "history.json", "pretrain_metrics.json"):
+            if main:
+                (out / name).unlink(missing_ok=True)
+    if out is None or not resume:
+        return
+    if not (out / CHECKPOINT).is_file():
+        if main:
+            log(f"no checkpoint in {out}: starting a new run there")
+        return
+    ckpt = resumable_checkpoint(out / CHECKPOINT, run.configs, run.data.fingerprint(), run.amp,
+                                run.device)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.start, run.history, run.wall_before = ckpt["step"], list(ckpt["history"]), ckpt["wall_time"]
+    run.cpu_before = ckpt.get("cpu_time", 0.0)  # absent before CPU time was recorded
+    run.skipped = dict(ckpt.get("skipped_images") or {})  # unreadable files replaced
+    if main:
+        log(f"resuming {out} at step {run.start} of {run.schedule.stop}")
 
 
 def resumable_checkpoint(path: Path, configs: Mapping[str, Any], data: Mapping[str, Any],
