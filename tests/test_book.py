@@ -1,5 +1,8 @@
 """The book builds with warnings as errors, and the build checker finds what it should."""
 
+import ast
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -148,3 +151,71 @@ def test_every_chapter_states_the_running_time_its_execution_record_gives():
                                          nbformat.v4.new_code_cell("1", metadata=record)])
     assert "2.5 minutes" in tool.line(nb)
     assert tool.updated("# T\n\nText.", tool.line(nb)).splitlines()[2] == tool.line(nb)
+
+
+TROUBLESHOOTING = ROOT / "book" / "troubleshooting.md"
+# A ```python block, and the ```text block of what it prints when one follows it.
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\n(?:\n```text\n(.*?)^```\n)?",
+                          re.DOTALL | re.MULTILINE)
+
+
+def python_blocks(page: Path) -> list[tuple[str, str | None]]:
+    """The ```python blocks of a MyST page: (source, the output shown under it or None)."""
+    text = page.read_text()
+    blocks = [(m.group(1), m.group(2)) for m in PYTHON_BLOCK.finditer(text)]
+    assert len(blocks) == text.count("```python"), f"{page.name}: a python block is not closed"
+    return blocks
+
+
+def test_troubleshooting_is_in_the_book_and_its_python_compiles():
+    """The page follows the pitfalls in "Reproducing the paper"; each of its questions has a
+    python block and a pointer to more in the book, and every python block parses and fits
+    the page (88 columns)."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    part = next(p for p in toc["parts"] if p["caption"] == "Reproducing the paper")
+    files = [chapter["file"] for chapter in part["chapters"]]
+    assert files.index("book/troubleshooting") == files.index("book/pitfalls") + 1
+    questions = TROUBLESHOOTING.read_text().split("\n## ")[1:]
+    assert len(questions) >= 6
+    for question in questions:
+        title = question.splitlines()[0]
+        assert "```python" in question, f"{title}: no python block"
+        assert "**More:**" in question and "{doc}`" in question, f"{title}: no pointer"
+    blocks = python_blocks(TROUBLESHOOTING)
+    for n, (source, _) in enumerate(blocks, 1):
+        ast.parse(source, filename=f"troubleshooting.md, python block {n}")
+        for line in source.splitlines():
+            assert len(line) <= 88, f"python block {n}: {len(line)} columns: {line}"
+
+
+RUN_BLOCKS = """
+import contextlib, io, json, sys
+printed = []
+for n, source in enumerate(json.load(sys.stdin), 1):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, f"<python block {n}>", "exec"), {"__name__": "__main__"})
+    printed.append(out.getvalue())
+json.dump(printed, sys.__stdout__)
+"""
+
+
+def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
+    """Every python block of the page runs as it is, without data or network, in one fresh
+    process (about 5 CPU-seconds on one thread), and prints exactly the output shown under it."""
+    blocks = python_blocks(TROUBLESHOOTING)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path), "MAE_CACHE": str(tmp_path / "cache"),
+           "MAE_CHECKPOINT_URL": "http://127.0.0.1:9/"}  # a download would fail at once
+    env.pop("MAE_DATA", None)
+    run = subprocess.run([sys.executable, "-c", RUN_BLOCKS], cwd=tmp_path, env=env,
+                         input=json.dumps([source for source, _ in blocks]),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    printed = json.loads(run.stdout)
+    assert len(printed) == len(blocks)
+    for n, ((_, shown), out) in enumerate(zip(blocks, printed), 1):
+        if shown is not None:
+            assert out == shown, f"python block {n} printed:\n{out}\nthe page shows:\n{shown}"
