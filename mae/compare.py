@@ -23,7 +23,8 @@ WORDS = {True: "yes", False: "no", None: "n/a"}
 
 
 def _fmt(stat) -> str:
-    return "" if stat is None else f"{stat[0]:.1f} ± {stat[1]:.1f}" if stat[1] else f"{stat[0]:.1f}"
+    return ("" if stat is None else f"{stat[0]:.1f}\u00a0±\u00a0{stat[1]:.1f}" if stat[1]
+            else f"{stat[0]:.1f}")  # non-breaking: "50.8 ± 0.6" never wraps inside
 
 
 def comparison_rows(rows_by_tier: dict[str, list[dict[str, Any]]], base: str,

@@ -104,7 +104,8 @@ def _cell(stat, digits=1):
     if stat is None:
         return ""
     mean, std = stat
-    return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    # Non-breaking spaces: a narrow column wraps between cells' words, never inside "50.8 ± 0.6".
+    return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}"
 
 
 def signed(value: float) -> str:
