@@ -107,9 +107,13 @@ def plot_grid(rows: dict[str, torch.Tensor], title: str = "", size: float = 1.3)
                 ax.imshow(imgs[j].permute(1, 2, 0).numpy())
             else:
                 ax.axis("off")
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    # The page shrinks a wide figure to its column: labels grow with the width so that they stay
+    # readable there (about 11 px on a 700-px column).
+    font = 8 * max(1.0, fig.get_figwidth() / 7)
+    for i, label in enumerate(rows):
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=font)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=font * 1.2)
     fig.tight_layout()
     return fig
 
