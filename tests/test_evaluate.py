@@ -71,7 +71,8 @@ def test_features_cls_and_mean(cifar_test):
     assert model.training  # the caller's mode is restored
     no_cls = MAE(MAEConfig.from_dict({**SMALL, "cls_token": False}))
     assert extract_features(no_cls, data, "mean")[0].shape == (10, 64)
-    with pytest.raises(ValueError, match="cls_token=False: use pool='mean'"):
+    with pytest.raises(ConfigError, match=r"cls_token=False: pool the patch tokens instead "
+                                          r"\(pool='mean'"):
         extract_features(no_cls, data, "cls")
 
 
@@ -194,6 +195,23 @@ def test_random_erasing_draws_one_noise_box_per_chosen_image():
     assert not torch.equal(out, random_erase(x, 1.0, torch.Generator().manual_seed(2)))
 
 
+def test_evaluate_frozen_refuses_what_cannot_run_before_extracting_features(monkeypatch):
+    import mae.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("features were extracted")
+
+    monkeypatch.setattr(mae.evaluate, "extract_features", never)
+    model, data = MAE(MAEConfig.from_dict(TINY)), images_dataset(10)
+    with pytest.raises(ConfigError, match="knn_k 20 needs at least 20 training features, got 10"):
+        mae.evaluate.evaluate_frozen(model, data, data)
+    with pytest.raises(ConfigError, match="got probe_batch_size 1 with 10 training"):
+        mae.evaluate.evaluate_frozen(model, data, data, {"probe_batch_size": 1, "knn_k": 5})
+    no_cls = MAE(MAEConfig.from_dict({**TINY, "cls_token": False}))
+    with pytest.raises(ConfigError, match="pool='mean'"):
+        mae.evaluate.evaluate_frozen(no_cls, data, data, {"knn_k": 5})
+
+
 def test_probe_batchnorm_has_no_affine_and_eps_1e_6():
     head = probe_head(16, 4, seed=0)
     assert head[0].eps == 1e-6 and not head[0].affine
@@ -243,6 +261,9 @@ def test_probe_and_finetune_reject_what_cannot_train():
     empty = (train[0][:0], train[1][:0])
     with pytest.raises(ConfigError, match="linear_probe got no training features"):
         linear_probe(empty, test, 4)
+    for features, batch in (((train[0][:1], train[1][:1]), 1024), (train, 1)):
+        with pytest.raises(ConfigError, match=r"batches of at least 2 images \(its BatchNorm"):
+            linear_probe(features, test, 4, {"probe_batch_size": batch})
     config = MAEConfig.from_dict(TINY)
     data = images_dataset(10)
     with pytest.raises(ConfigError, match=r"needs at least ft_batch_size = 16 training images "
