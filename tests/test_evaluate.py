@@ -114,13 +114,42 @@ def test_drop_path_drops_whole_samples():
 
 
 @needs_cifar
-def test_finetune_runs_and_starts_from_the_given_encoder(cifar_train, cifar_test):
+def test_finetune_runs_on_cifar_and_repeats(cifar_train, cifar_test):
     config = MAEConfig.from_dict(SMALL)
     ec = {"ft_epochs": 1.0, "ft_batch_size": 32, "ft_drop_path": 0.1}
     a = finetune(config, cifar_train.subset(128), cifar_test.subset(64), None, ec, progress=False)
     b = finetune(config, cifar_train.subset(128), cifar_test.subset(64), None, ec, progress=False)
     assert a["finetune_steps"] == 4 and a == {**b, "finetune_time_s": a["finetune_time_s"]}
-    assert 0 <= a["finetune_top1"] <= 100
+    assert a["finetune_final_loss"] > 0 and a["finetune_top1"] * 64 / 100 == \
+        round(a["finetune_top1"] * 64 / 100)  # a count of the 64 test images
+
+
+def test_finetune_starts_from_the_given_encoder(monkeypatch):
+    """The classifier's encoder at its first step holds the given encoder's weights (without
+    one, those of the random initialisation pre-training with the eval seed starts from)."""
+    import mae.finetune
+    from mae.train import init_model
+
+    first = []
+
+    class Spy(Classifier):
+        def forward(self, images):
+            if not first:
+                first.append({k: v.clone() for k, v in self.encoder.state_dict().items()})
+            return super().forward(images)
+
+    monkeypatch.setattr(mae.finetune, "Classifier", Spy)
+    config = MAEConfig.from_dict(TINY)
+    data = images_dataset(16)
+    ec = {"ft_epochs": 1.0, "ft_batch_size": 8, "seed": 1}
+    for seed, given in ((5, True), (1, False)):
+        state = init_model(config, seed).encoder.state_dict()
+        first.clear()
+        finetune(config, data, data, state if given else None, ec, progress=False)
+        assert first[0].keys() == state.keys()
+        assert all(torch.equal(first[0][k], state[k]) for k in state), (seed, given)
+    other = init_model(config, 6).encoder.state_dict()
+    assert not all(torch.equal(first[0][k], other[k]) for k in other)  # the check can fail
 
 
 def by_hand(clf, images, cls_token=True):

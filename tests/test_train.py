@@ -166,6 +166,7 @@ def test_resume_with_another_config_is_refused(tmp_path, cifar_train):
                  progress=False)
 
 
+@needs_cifar
 def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path, cifar_train):
     """A key missing from an older checkpoint's config means that option's default."""
     data = cifar_train.subset(512)
