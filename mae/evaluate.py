@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, MAEConfig
 from .recipe import EvalConfig
 from .augment import resize_batch
 from .data import ImageDataset
@@ -21,7 +21,8 @@ from .model import MAE
 from .optim import lr_at
 from .runtime import STREAM_PROBE, autocast, autocast_dtype, precision_name, seed_for
 
-__all__ = ["check_pool", "check_train_size", "extract_features", "probe_head", "linear_probe", "knn_classify", "evaluate_frozen",
+__all__ = ["extract_features", "probe_head", "linear_probe", "knn_classify", "evaluate_frozen",
+           "check_pool", "check_train_size",
            # fine-tuning, from mae.finetune
            "Classifier", "finetune", "mix_batch", "random_erase"]
 
