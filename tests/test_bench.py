@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,7 @@ def load(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_section(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--threads", "1",
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
@@ -41,6 +44,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert out.stdout.rstrip().splitlines()[-1].startswith("mae ahead of every peer")
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run(tmp_path):
     out = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--compile", "off",
                           "--no-memory", "--no-speedup", "--threads", "1"], cwd=ROOT,
@@ -98,6 +102,7 @@ def test_ratio_counts_the_spread():
     assert rate == 10.0 and spread > 0
 
 
+@pytest.mark.slow
 def test_speedups_smoke_run_writes_its_table(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/speedups.py", "--smoke", "--threads", "1",
                           "--configs", "micro", "--out", str(tmp_path)], cwd=ROOT,

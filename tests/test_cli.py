@@ -59,6 +59,7 @@ def test_unknown_dataset_fails_cleanly(tmp_path):
     assert result.returncode == 2 and "Did you mean 'cifar10'" in result.stderr
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_pretrain_then_visualize(tmp_path):
     flags = [f"--set={k}={v}" for k, v in SMALL.items()]
@@ -72,6 +73,7 @@ def test_pretrain_then_visualize(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_frozen_scores_probe_and_knn_on_one_extraction_of_subsets(tmp_path):
     flags = [f"--set={k}={v}" for k, v in SMALL.items()]

@@ -113,6 +113,7 @@ def test_drop_path_drops_whole_samples():
     assert torch.equal(dp.eval()(torch.ones(3, 2)), torch.ones(3, 2))
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_finetune_runs_on_cifar_and_repeats(cifar_train, cifar_test):
     config = MAEConfig.from_dict(SMALL)

@@ -39,6 +39,7 @@ pretrain(model, dict(batch_size=32, epochs=100000.0, num_threads=1, checkpoint_e
 """
 
 
+@pytest.mark.slow
 def test_a_second_pretrain_into_a_running_folder_fails_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT,
