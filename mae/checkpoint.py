@@ -138,7 +138,8 @@ def check_config(found: Mapping[str, Any], want: Mapping[str, Any], where: str,
 
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """The MAE a pre-training run saved, and its configs: ``(model, {"model": ..., "train":
-    ...})``. ``path`` is a ``checkpoint.pt`` or the run folder holding one."""
+    ...})``. ``path`` is a ``checkpoint.pt`` or the run folder holding one. The model is in eval
+    mode, ready to use; call ``model.train()`` to train it further."""
     from .model import MAE
 
     path = run_checkpoint(path)
@@ -147,7 +148,7 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} holds no pre-trained MAE (no model weights or config).")
     model = MAE(ckpt["config"]["model"])
     model.load_state_dict(ckpt["model"])
-    return model, ckpt["config"]
+    return model.eval(), ckpt["config"]
 
 
 def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:

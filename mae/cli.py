@@ -7,7 +7,6 @@ training / evaluation field; all of them go through the same ``from_dict`` valid
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from .checkpoint import CHECKPOINT
@@ -15,20 +14,8 @@ from .commands import (
     cmd_ablate, cmd_export, cmd_finetune, cmd_frozen, cmd_pretrain, cmd_report, cmd_visualize,
 )
 from .config import PRESETS, MAEError
+from .flags import add_dataclass_flags, eval_fields
 from .recipe import PRECISIONS, EvalConfig, TrainConfig
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
-        if f.type == "bool":
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
 
 # ----- parser ---------------------------------------------------------------------------------
@@ -117,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         init_flags(p)
         p.add_argument("--dataset", help=dataset_help)
         subset_flags(p)
-        add_dataclass_flags(p, EvalConfig, "evaluation")
+        add_dataclass_flags(p, EvalConfig, "evaluation", eval_fields(name))
         p.add_argument("--out", help="also write the metrics JSON here")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         data_flags(p)

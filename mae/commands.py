@@ -6,8 +6,6 @@ training / evaluation field; all of them go through the same ``from_dict`` valid
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -15,32 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, MAEConfig
+from .flags import collect, parse_overrides
 from .provenance import CpuClock, check_writable, provenance, write_text_atomic
 from .recipe import EvalConfig, TrainConfig
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["mask_ratio=0.5", "norm_pix_loss=false"]`` -> typed dict (YAML scalars)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set mask_ratio=0.5).")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-06" as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
-
-
-def collect(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
 
 
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
@@ -68,6 +43,9 @@ def datasets_for(args, train_config: dict[str, Any], img_size: int):
     return train, test
 
 
+MAX_IMAGES = 64  # visualize --num: rows of one figure
+
+
 # ----- commands -------------------------------------------------------------------------------
 def cmd_pretrain(args) -> int:
     from .train import pretrain
@@ -92,6 +70,11 @@ def cmd_pretrain(args) -> int:
     flags = slurm_args(args, "tasks_per_node")
     if args.executor == "slurm":
         from .executors import submit_pretrain
+
+        if args.download:
+            raise ConfigError("--download does not reach a SLURM job (its node may have no "
+                              "network): fetch the data first (e.g. pretrain --download "
+                              "--max-steps 1 into a scratch --out), then submit without it.")
 
         metrics, _ = submit_pretrain(model_config, train_config, Path(args.out),
                                      args.cluster or "slurm", args.wait or None, args.nodes,
@@ -165,13 +148,18 @@ def where(device, amp) -> dict[str, str]:
 
 
 def cmd_frozen(args) -> int:
-    from .evaluate import extract_features, knn_classify, linear_probe
+    from .evaluate import (
+        check_pool, check_train_size, extract_features, knn_classify, linear_probe,
+    )
 
     model, configs = model_for(args)
     ec = EvalConfig.from_dict(collect(args, EvalConfig))
+    check_pool(model.config, ec.features)
     model, device, amp = placed(model, ec.device, ec.precision)
     clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), model.config.img_size)
+    check_train_size(len(train), ec.probe_batch_size if args.command != "knn" else None,
+                     ec.knn_k if args.command != "probe" else None)
     tr = extract_features(model, train, ec.features, ec.batch_size, amp,
                           progress=not args.no_progress)
     te = extract_features(model, test, ec.features, ec.batch_size, amp,
@@ -218,14 +206,17 @@ def cmd_visualize(args) -> int:
     if out.suffix.lower() not in formats:
         raise ConfigError(f"--out {out} names no image format: end it in one of "
                           f"{', '.join(formats)} (e.g. {out.with_suffix('.png')}).")
-    if args.num < 1:
-        raise ConfigError(f"--num must be at least 1 (images to draw), got {args.num}.")
+    if not 1 <= args.num <= MAX_IMAGES:
+        raise ConfigError(f"--num must be 1 to {MAX_IMAGES} (images to draw, one row each in "
+                          f"one figure), got {args.num}.")
     check_writable(out.parent, "--out folder")
     from .runtime import autocast
 
     model, configs = load_pretrained(resolve(args.checkpoint))
     model, device, amp = placed(model.eval(), args.device, args.precision)
     _, test = datasets_for(args, configs["train"], model.config.img_size)
+    if args.num > len(test):
+        raise ConfigError(f"--num {args.num} exceeds the {len(test)} test images: ask for fewer.")
     images = dataset_images(test, args.num, args.seed)
     with autocast(device, amp):
         rec = reconstruct(model, images, test.mean, test.std, args.mask_ratio,
@@ -242,6 +233,9 @@ def cmd_export(args) -> int:
     from . import pretrained
 
     if args.list:
+        if args.run or args.out:
+            raise ConfigError("--list only lists the registered models: drop the run folder and "
+                              "--out, or drop --list to export the run.")
         for name in pretrained.names():
             entry = pretrained.REGISTRY[name]
             print(f"{name}: {entry.description} ({entry.file})")

@@ -66,12 +66,33 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
             )
 
 
+def plain(value: Any) -> Any:
+    """A numpy scalar (``np.int64(64)``, ``np.float32(0.5)``, ``np.bool_(True)``, a 0-d array) as
+    the Python value it holds (a float32 by its shortest digits: 0.001, not 0.0010000000474975),
+    so that configs built from numpy values hold JSON types; any other value as it is."""
+    if type(value).__module__ != "numpy" or getattr(value, "shape", None) != ():
+        return value
+    item = value.item()
+    return float(str(value)) if isinstance(item, float) else item
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
 class ConfigBase:
-    """from_dict / to_dict / replace for the frozen config dataclasses below."""
+    """from_dict / to_dict / replace for the frozen config dataclasses below. However a config is
+    built (``from_dict``, or the class called directly), numpy scalars become Python values and
+    the types are checked; then ``validate`` checks the values."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
+        check_types(type(self), self.__dict__, type(self).__name__)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first value out of its range (in the subclasses)."""
 
     @classmethod
     def from_dict(cls, values):
@@ -82,6 +103,7 @@ class ConfigBase:
             raise ConfigError(
                 f"a {cls.__name__} must be built from a dict, got {type(values).__name__}."
             )
+        values = {key: plain(value) for key, value in values.items()}
         check_types(cls, values, cls.__name__)
         return cls(**values)
 
@@ -121,9 +143,6 @@ class MAEConfig(ConfigBase):
     # A learned CLS token first in the encoder's (and decoder's) sequence, as in the paper and
     # its code; False: patch tokens only (vit-pytorch's MAE; probe with features="mean").
     cls_token: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     # ----- construction -------------------------------------------------------------------
     @classmethod

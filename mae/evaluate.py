@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, MAEConfig
 from .recipe import EvalConfig
 from .augment import resize_batch
 from .data import ImageDataset
@@ -22,11 +22,33 @@ from .optim import lr_at
 from .runtime import STREAM_PROBE, autocast, autocast_dtype, precision_name, seed_for
 
 __all__ = ["extract_features", "probe_head", "linear_probe", "knn_classify", "evaluate_frozen",
+           "check_pool", "check_train_size",
            # fine-tuning, from mae.finetune
            "Classifier", "finetune", "mix_batch", "random_erase"]
 
 
 # ----- frozen features ------------------------------------------------------------------------
+def check_pool(config: MAEConfig, pool: str) -> None:
+    """Raise ConfigError unless the model has the features ``pool`` takes."""
+    if pool == "cls" and not config.cls_token:
+        raise ConfigError("features 'cls' need a CLS token, but the model was built with "
+                          "cls_token=False: pool the patch tokens instead (pool='mean'; "
+                          "--features mean on the command line).")
+
+
+def check_train_size(num_train: int, probe_batch_size: int | None = None,
+                     knn_k: int | None = None) -> None:
+    """Raise ConfigError, before any feature is extracted, when the linear probe (with
+    ``probe_batch_size``) or the kNN (with ``knn_k``) cannot run on ``num_train`` images."""
+    if probe_batch_size is not None and min(probe_batch_size, num_train) < 2:
+        raise ConfigError(f"the linear probe needs batches of at least 2 images (its BatchNorm "
+                          f"normalises over the batch), got probe_batch_size {probe_batch_size} "
+                          f"with {num_train} training image(s): use at least 2 of each.")
+    if knn_k is not None and not 1 <= knn_k <= num_train:
+        raise ConfigError(f"knn_k {knn_k} needs at least {knn_k} training features, got "
+                          f"{num_train}: lower knn_k or use more training images.")
+
+
 @torch.no_grad()
 def extract_features(
     model: MAE, data: ImageDataset, pool: str = "cls", batch_size: int = 512,
@@ -39,9 +61,7 @@ def extract_features(
     """
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
-    if pool == "cls" and not model.config.cls_token:
-        raise ValueError("pool='cls' needs a CLS token, but the model was built with "
-                         "cls_token=False: use pool='mean' (features: mean).")
+    check_pool(model.config, pool)
     data.check_size(model.config.img_size, "feature extraction")
     T = model.config.num_prefix
     device = next(model.parameters()).device
@@ -88,6 +108,7 @@ def linear_probe(
     if len(x) == 0:
         raise ConfigError("linear_probe got no training features: extract them from a non-empty "
                           "training set (check train_subset / eval_train_subset).")
+    check_train_size(len(x), probe_batch_size=ec.probe_batch_size)
     device = x.device
     g = torch.Generator(device="cpu").manual_seed(seed_for(ec.seed, 0, STREAM_PROBE))
     head = probe_head(x.shape[1], num_classes, seed_for(ec.seed, 1, STREAM_PROBE)).to(device)
@@ -127,9 +148,7 @@ def knn_classify(
     class with weight exp(similarity / T) (Wu et al. 2018; as used for DINO). The weights are
     computed as exp((similarity - the row's highest) / T), the same votes up to a factor per test
     image, so that no temperature overflows float32."""
-    if not 1 <= k <= len(train[0]):
-        raise ConfigError(f"knn_k {k} needs at least {k} training features, got "
-                          f"{len(train[0])}: lower knn_k or use more training images.")
+    check_train_size(len(train[0]), knn_k=k)
     xt = F.normalize(train[0], dim=1)
     yt = train[1]
     correct = 0
@@ -151,6 +170,8 @@ def evaluate_frozen(
     ec = EvalConfig.from_dict(config or {})
     device = next(model.parameters()).device
     amp = autocast_dtype(ec.precision, device, model.config.encoder_dim)
+    check_pool(model.config, ec.features)
+    check_train_size(len(train), ec.probe_batch_size, ec.knn_k)
     t0 = time.perf_counter()
     tr = extract_features(model, train, ec.features, ec.batch_size, amp)
     te = extract_features(model, test, ec.features, ec.batch_size, amp)

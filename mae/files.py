@@ -184,8 +184,10 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
 def holding_folder_lock(parameter: str, what: str, kind: str = "folder"):
     """Decorator: the function runs holding the `folder_lock` of the folder passed as its
     argument ``parameter`` (created first, `check_writable`), released when it returns or fails,
-    even while a notebook keeps the traceback. Without a folder (None), or in a DDP rank other
-    than the main one (``RANK`` > 0: the ranks share one folder), it runs without."""
+    even while a notebook keeps the traceback. A folder it created is removed again when the
+    function fails leaving it empty (a refused option leaves no empty run folder behind).
+    Without a folder (None), or in a DDP rank other than the main one (``RANK`` > 0: the ranks
+    share one folder), it runs without."""
 
     def decorate(function):
         signature = inspect.signature(function)
@@ -195,8 +197,17 @@ def holding_folder_lock(parameter: str, what: str, kind: str = "folder"):
             folder = signature.bind(*args, **kwargs).arguments.get(parameter)
             if folder is None or int(os.environ.get("RANK", "0")):
                 return function(*args, **kwargs)
-            with folder_lock(check_writable(folder, kind), what):
-                return function(*args, **kwargs)
+            created = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+            try:
+                with folder_lock(check_writable(folder, kind), what):
+                    return function(*args, **kwargs)
+            except BaseException:
+                for path in created:  # the innermost first; rmdir removes only empty ones
+                    try:
+                        path.rmdir()
+                    except OSError:
+                        break
+                raise
 
         return locked
 

@@ -76,6 +76,7 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, classes) logits."""
         enc, T = self.encoder, self.encoder.config.num_prefix
+        enc.check_images(images)
         x = enc.patch_embed(images) + self.pos_embed[:, T:]  # (B, L, D)
         if enc.cls_token is not None:
             cls = (enc.cls_token + self.pos_embed[:, :1]).expand(len(x), -1, -1)  # (B, 1, D)

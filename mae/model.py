@@ -50,32 +50,9 @@ class MAE(nn.Module):
                 nn.init.normal_(token, std=0.02)
 
     def check_images(self, images: Any) -> None:
-        """Raise a ValueError naming what is wrong unless images is a float (B, C, H, W) batch."""
-        c = self.config
-        expected = f"(B, {c.in_chans}, {c.img_size}, {c.img_size})"
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor of shape {expected}, got "
-                            f"{type(images).__name__}.")
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape {expected}, got {tuple(images.shape)}; "
-                             f"add a batch dimension with images.unsqueeze(0) for one image.")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be a floating-point tensor, got {images.dtype}: convert "
-                             f"uint8 pixels with images.float() / 255 (and normalise).")
-        weights = self.encoder.patch_embed.proj.weight.dtype
-        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
-            raise ValueError(f"images are {images.dtype} but the model's weights are {weights}: "
-                             f"convert the batch with images.to({weights}) (or the model with "
-                             f"model.to({images.dtype})), or run under torch.autocast.")
-        B, C, H, W = images.shape
-        if C != c.in_chans:
-            hint = " (channels-last? use images.permute(0, 3, 1, 2))" if W == c.in_chans else ""
-            raise ValueError(f"images have {C} channels but the model expects in_chans="
-                             f"{c.in_chans}: shape {tuple(images.shape)}, expected {expected}{hint}.")
-        if (H, W) != (c.img_size, c.img_size):
-            raise ValueError(f"images are {H}x{W} but the model expects img_size={c.img_size}: "
-                             f"resize or crop to {c.img_size}x{c.img_size}, or build the model "
-                             f"with img_size={H} if H == W.")
+        """Raise a ValueError naming what is wrong unless images is a non-empty float (B, C, H, W)
+        batch of the model's size (`Encoder.check_images`)."""
+        self.encoder.check_images(images)
 
     def forward(
         self, images: torch.Tensor, mask_ratio: float | None = None,

@@ -102,7 +102,14 @@ def path(name: str, download: bool = True) -> Path:
 
 
 def _download(entry: Entry, target: Path) -> Path:
-    url = os.environ.get("MAE_CHECKPOINT_URL", BASE_URL).rstrip("/") + "/" + entry.file
+    from .files import check_writable
+
+    base = os.environ.get("MAE_CHECKPOINT_URL") or BASE_URL
+    if urllib.parse.urlparse(base).scheme not in ("http", "https", "file"):
+        raise CheckpointError(f"MAE_CHECKPOINT_URL {base!r} is not a URL: set it to the http(s):// "
+                              f"or file:// address of a folder holding {entry.file}, or unset it.")
+    check_writable(target.parent, "download cache folder ($MAE_CACHE)")
+    url = base.rstrip("/") + "/" + entry.file
     return download(url, target, entry.sha256, entry.name,
                     f"check the network or MAE_CHECKPOINT_URL, or copy {entry.file} into "
                     f"{target.parent}")
@@ -222,7 +229,7 @@ def info(name: str, download: bool = True) -> dict[str, Any]:
 
 def load(name: str, map_location: str = "cpu", download: bool = True):
     """``(model, configs)`` of a registered model, as `mae.checkpoint.load_pretrained` gives them
-    for a run folder."""
+    for a run folder: the model in eval mode (``model.train()`` to train it further)."""
     return load_pretrained(path(name, download), map_location)
 
 

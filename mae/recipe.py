@@ -96,7 +96,7 @@ class TrainConfig(ConfigBase):
     tensorboard: bool = _f(False, "also log loss, lr and images/s per step to <out>/tensorboard "
                                   "(needs the tensorboard package: pip install 'mae[tensorboard]')")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_ranges(self)
         if self.batch_size % self.accum_steps:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by accum_steps "
@@ -157,7 +157,7 @@ class EvalConfig(ConfigBase):
                                 "CUDA, and on a CPU with native bf16 for encoders >= 192 wide; "
                                 "else fp32), fp32, bf16 or fp16")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_ranges(self)
         if self.features not in ("cls", "mean"):
             raise unknown_key_error(self.features, ["cls", "mean"], "features")

@@ -46,6 +46,7 @@ def test_specs_are_valid_and_share_the_default_point():
         sweep_points(ROOT, "mask_ratio", "cpuu")
 
 
+@pytest.mark.slow
 def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
     results = tmp_path / "results"
     run = ablate("all", "--tier", "smoke", "--results", str(results))
@@ -92,6 +93,7 @@ def test_every_sweep_at_smoke_tier_then_report_is_reproducible(tmp_path):
             assert (copy / sub / name).read_bytes() == (results / sub / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_a_sweep_on_imagenette(tmp_path):
     results = tmp_path / "results"
     run = ablate("target", "--tier", "smoke", "--dataset", "imagenette", "--results", str(results))
@@ -110,6 +112,7 @@ def test_a_sweep_on_imagenette(tmp_path):
     assert not (tables / "mask_ratio-smoke-imagenette.md").exists()
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_only_missing_points(tmp_path):
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "mae", "ablate", "decoder_depth", "--tier",
@@ -154,6 +157,7 @@ def test_a_bad_parameter_is_refused_before_any_kernel_starts(tmp_path):
     assert not (root / "results" / "runs").exists()  # no stray run folders
 
 
+@pytest.mark.slow
 def test_a_point_finished_with_other_settings_is_refused_by_name(tmp_path):
     root = project_copy(tmp_path)
     results = root / "results"
@@ -192,6 +196,7 @@ def test_a_point_another_process_runs_is_not_run_twice(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_malformed_sweep_file_is_named_and_does_not_stop_the_report(tmp_path):
     root = project_copy(tmp_path)
     (root / "ablations" / "listed.yaml").write_text("- 0.5\n- 0.9\n")
@@ -218,6 +223,7 @@ def test_the_spread_rule():
     assert beyond_spread(None, 0, default, 3) is None
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_local_and_submitit_executors_give_the_inline_metrics(tmp_path):
     """--executor local --jobs 2: two workers share a sweep's points through the folder locks;

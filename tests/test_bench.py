@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import needs_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ def load(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_section(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--threads", "1",
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
@@ -53,6 +56,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert all(float(r["overhead"]) > 0 for r in rows if r["section"] == "matmul_ceiling")
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_gpu_script_dry_run(tmp_path):
     out = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--compile", "off",
@@ -118,6 +122,7 @@ def test_ratio_counts_the_spread():
     assert rate == 10.0 and spread > 0
 
 
+@pytest.mark.slow
 def test_speedups_smoke_run_writes_its_table(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/speedups.py", "--smoke", "--threads", "1",
                           "--configs", "micro", "--out", str(tmp_path)], cwd=ROOT,

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from check_book import check, parse  # noqa: E402
 
 
+@pytest.mark.slow
 def test_book_builds_and_links_resolve(tmp_path):
     jb = Path(sys.executable).with_name("jupyter-book")
     run = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(tmp_path),

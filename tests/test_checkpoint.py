@@ -59,3 +59,19 @@ def test_missing_and_foreign_files(tmp_path):
 def test_check_config_absent_keys():
     with pytest.raises(CheckpointError, match="x: checkpoint '<absent>' vs requested 1"):
         check_config({}, {"x": 1}, "here")
+
+
+def test_loaded_models_are_in_eval_mode(tmp_path):
+    """What load_pretrained and mae.pretrained.load give is ready to use: in eval mode, as
+    load_official's, whatever mode the model was saved in."""
+    from conftest import SMALL
+    from mae import MAE, pretrained
+    from mae.checkpoint import load_pretrained
+
+    model = MAE(SMALL).train()
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": model.state_dict(),
+                                                 "config": {"model": model.config.to_dict()}})
+    loaded, _ = load_pretrained(tmp_path)
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    if (pretrained.checkout_dir() / pretrained.REGISTRY["micro-cifar10"].file).is_file():
+        assert not pretrained.load("micro-cifar10", download=False)[0].training

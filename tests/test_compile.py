@@ -4,12 +4,14 @@ graph) without generating kernels, so this runs in seconds; the GPU script compi
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import SMALL
 from mae import MAE
 
 
+@pytest.mark.slow
 def test_compiled_model_takes_changing_batch_sizes_and_matches_eager():
     torch.manual_seed(0)
     model = MAE(SMALL)

@@ -35,6 +35,32 @@ def test_round_trip_dict():
     assert MAEConfig.from_dict(c.to_dict()) == c
 
 
+def test_numpy_scalars_become_python_values_and_round_trip_through_json():
+    """A sweep written with numpy (np.linspace, an array's entries) builds the same configs as
+    plain numbers, however it builds them, and they are recorded as JSON."""
+    import json
+
+    import numpy as np
+
+    from mae.recipe import EvalConfig, TrainConfig
+
+    plain = MAEConfig.preset("micro", encoder_dim=64, mask_ratio=0.5, cls_token=False)
+    for made in (MAEConfig.preset("micro", encoder_dim=np.int64(64), mask_ratio=np.float32(0.5),
+                                  cls_token=np.bool_(False)),
+                 MAEConfig(**{**PRESETS["micro"], "encoder_dim": np.int64(64),
+                              "mask_ratio": np.float64(0.5), "cls_token": np.bool_(False)}),
+                 plain.replace(encoder_dim=np.int32(64), mask_ratio=np.array(0.5))):
+        assert made == plain and type(made.encoder_dim) is int
+        assert MAEConfig.from_dict(json.loads(json.dumps(made.to_dict()))) == plain
+    train = TrainConfig(batch_size=np.int64(64), base_lr=np.float32(1e-3))
+    assert json.loads(json.dumps(train.to_dict()))["base_lr"] == 1e-3  # not 0.0010000000474...
+    assert EvalConfig.from_dict({"knn_k": np.int64(5)}).knn_k == 5
+    with pytest.raises(ConfigError, match="encoder_dim' must be of type int, got str"):
+        MAEConfig(encoder_dim="64")  # called directly, the types are checked too
+    with pytest.raises(ConfigError, match="patch_size' must be of type int, got float"):
+        MAEConfig.from_dict({"patch_size": np.float64(4.0)})
+
+
 def test_unknown_key_suggests_closest():
     with pytest.raises(ConfigError, match=r"unknown MAEConfig key 'mask_ration'.*'mask_ratio'"):
         MAEConfig.from_dict({"mask_ration": 0.5})

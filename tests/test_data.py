@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import needs_cifar
 from mae import ConfigError
@@ -158,9 +159,23 @@ def test_augment_identity_box_and_flip():
     expected = normalize(images, mean, std)
     torch.testing.assert_close(out[0], expected[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1], expected[1].flip(-1), atol=1e-5, rtol=0)
-    # A crop of the top-left quadrant, upsampled x2, starts with that quadrant's first pixel.
-    quad = augment(images, 8, torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3), torch.zeros(3, dtype=torch.bool), mean, std)
-    torch.testing.assert_close(quad[:, :, ::2, ::2].mean(), expected[:, :, :4, :4].mean(), atol=0.05, rtol=0)
+    # Each quadrant's box at its own size samples exactly that quadrant's pixels (flipped where
+    # asked): a crop of the wrong place or the wrong mirror fails.
+    no_flip, flip = torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)
+    for top in (0, 4):
+        for left in (0, 4):
+            box = torch.tensor([[top, left, 4.0, 4.0]] * 3)
+            quadrant = expected[:, :, top:top + 4, left:left + 4]
+            torch.testing.assert_close(augment(images, 4, box, no_flip, mean, std), quadrant,
+                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(augment(images, 4, box, flip, mean, std),
+                                       quadrant.flip(-1), atol=1e-5, rtol=0)
+    # Upsampled x2, the top-left quadrant is its bilinear enlargement (but for the last row and
+    # column, which blend in the next quadrant's pixels: the crop lies inside the image).
+    quad = augment(images, 8, torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3), no_flip, mean, std)
+    bigger = F.interpolate(expected[:, :, :4, :4], scale_factor=2, mode="bilinear",
+                           align_corners=False)
+    torch.testing.assert_close(quad[..., :7, :7], bigger[..., :7, :7], atol=1e-5, rtol=0)
 
 
 def class_sorted(counts: list[int]) -> ImageDataset:

@@ -71,7 +71,8 @@ def test_features_cls_and_mean(cifar_test):
     assert model.training  # the caller's mode is restored
     no_cls = MAE(MAEConfig.from_dict({**SMALL, "cls_token": False}))
     assert extract_features(no_cls, data, "mean")[0].shape == (10, 64)
-    with pytest.raises(ValueError, match="cls_token=False: use pool='mean'"):
+    with pytest.raises(ConfigError, match=r"cls_token=False: pool the patch tokens instead "
+                                          r"\(pool='mean'"):
         extract_features(no_cls, data, "cls")
 
 
@@ -112,14 +113,44 @@ def test_drop_path_drops_whole_samples():
     assert torch.equal(dp.eval()(torch.ones(3, 2)), torch.ones(3, 2))
 
 
+@pytest.mark.slow
 @needs_cifar
-def test_finetune_runs_and_starts_from_the_given_encoder(cifar_train, cifar_test):
+def test_finetune_runs_on_cifar_and_repeats(cifar_train, cifar_test):
     config = MAEConfig.from_dict(SMALL)
     ec = {"ft_epochs": 1.0, "ft_batch_size": 32, "ft_drop_path": 0.1}
     a = finetune(config, cifar_train.subset(128), cifar_test.subset(64), None, ec, progress=False)
     b = finetune(config, cifar_train.subset(128), cifar_test.subset(64), None, ec, progress=False)
     assert a["finetune_steps"] == 4 and a == {**b, "finetune_time_s": a["finetune_time_s"]}
-    assert 0 <= a["finetune_top1"] <= 100
+    assert a["finetune_final_loss"] > 0 and a["finetune_top1"] * 64 / 100 == \
+        round(a["finetune_top1"] * 64 / 100)  # a count of the 64 test images
+
+
+def test_finetune_starts_from_the_given_encoder(monkeypatch):
+    """The classifier's encoder at its first step holds the given encoder's weights (without
+    one, those of the random initialisation pre-training with the eval seed starts from)."""
+    import mae.finetune
+    from mae.train import init_model
+
+    first = []
+
+    class Spy(Classifier):
+        def forward(self, images):
+            if not first:
+                first.append({k: v.clone() for k, v in self.encoder.state_dict().items()})
+            return super().forward(images)
+
+    monkeypatch.setattr(mae.finetune, "Classifier", Spy)
+    config = MAEConfig.from_dict(TINY)
+    data = images_dataset(16)
+    ec = {"ft_epochs": 1.0, "ft_batch_size": 8, "seed": 1}
+    for seed, given in ((5, True), (1, False)):
+        state = init_model(config, seed).encoder.state_dict()
+        first.clear()
+        finetune(config, data, data, state if given else None, ec, progress=False)
+        assert first[0].keys() == state.keys()
+        assert all(torch.equal(first[0][k], state[k]) for k in state), (seed, given)
+    other = init_model(config, 6).encoder.state_dict()
+    assert not all(torch.equal(first[0][k], other[k]) for k in other)  # the check can fail
 
 
 def by_hand(clf, images, cls_token=True):
@@ -194,6 +225,23 @@ def test_random_erasing_draws_one_noise_box_per_chosen_image():
     assert not torch.equal(out, random_erase(x, 1.0, torch.Generator().manual_seed(2)))
 
 
+def test_evaluate_frozen_refuses_what_cannot_run_before_extracting_features(monkeypatch):
+    import mae.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("features were extracted")
+
+    monkeypatch.setattr(mae.evaluate, "extract_features", never)
+    model, data = MAE(MAEConfig.from_dict(TINY)), images_dataset(10)
+    with pytest.raises(ConfigError, match="knn_k 20 needs at least 20 training features, got 10"):
+        mae.evaluate.evaluate_frozen(model, data, data)
+    with pytest.raises(ConfigError, match="got probe_batch_size 1 with 10 training"):
+        mae.evaluate.evaluate_frozen(model, data, data, {"probe_batch_size": 1, "knn_k": 5})
+    no_cls = MAE(MAEConfig.from_dict({**TINY, "cls_token": False}))
+    with pytest.raises(ConfigError, match="pool='mean'"):
+        mae.evaluate.evaluate_frozen(no_cls, data, data, {"knn_k": 5})
+
+
 def test_probe_batchnorm_has_no_affine_and_eps_1e_6():
     head = probe_head(16, 4, seed=0)
     assert head[0].eps == 1e-6 and not head[0].affine
@@ -243,6 +291,9 @@ def test_probe_and_finetune_reject_what_cannot_train():
     empty = (train[0][:0], train[1][:0])
     with pytest.raises(ConfigError, match="linear_probe got no training features"):
         linear_probe(empty, test, 4)
+    for features, batch in (((train[0][:1], train[1][:1]), 1024), (train, 1)):
+        with pytest.raises(ConfigError, match=r"batches of at least 2 images \(its BatchNorm"):
+            linear_probe(features, test, 4, {"probe_batch_size": batch})
     config = MAEConfig.from_dict(TINY)
     data = images_dataset(10)
     with pytest.raises(ConfigError, match=r"needs at least ft_batch_size = 16 training images "

@@ -54,6 +54,7 @@ def test_job_resources_are_checked_before_anything_is_submitted():
                          {"partition": "p"})["gpus_per_node"] == 8
 
 
+@pytest.mark.slow
 def test_executor_flags_in_the_wrong_place_are_clear_errors(monkeypatch):
     for args, message in ((["--cluster", "local"], "need --executor slurm"),
                           (["--partition", "x"], "need --executor slurm"),
@@ -68,6 +69,7 @@ def test_executor_flags_in_the_wrong_place_are_clear_errors(monkeypatch):
         submit_sweeps(["decoder_depth"], "smoke", root=ROOT)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_a_preempted_job_is_requeued_and_ends_with_the_uninterrupted_metrics(tmp_path,
                                                                               monkeypatch):
@@ -110,6 +112,7 @@ def test_a_preempted_job_is_requeued_and_ends_with_the_uninterrupted_metrics(tmp
         assert a[key] == b[key], key
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_the_debug_cluster_runs_a_job_in_this_process(tmp_path):
     failed, (job,) = submit_sweeps(["random_init"], "smoke", seeds=[0], results=tmp_path,
@@ -120,6 +123,7 @@ def test_the_debug_cluster_runs_a_job_in_this_process(tmp_path):
     assert f"[job {job.job_id}] started on" in (run_dir / "job.log").read_text()
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_a_pretraining_job_of_two_tasks_trains_as_one_process(tmp_path):
     """mae pretrain --executor slurm: one task per rank, torch.distributed set up from the job's
@@ -162,6 +166,7 @@ def test_a_seed_given_twice_is_refused():
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_local_workers_that_ran_nothing_do_not_report_the_points_complete(tmp_path):
     """As after a killed `ablate --executor local`: its orphaned workers still hold the points'
@@ -193,6 +198,7 @@ def test_a_failed_job_is_one_line_naming_its_error(tmp_path):
     assert line.startswith(f"job {job.job_id} failed: ") and str(job.paths.stderr) in line
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_a_failed_pretraining_job_ends_in_one_line(tmp_path):
     from test_train import cli, train_flags

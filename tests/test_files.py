@@ -39,6 +39,7 @@ pretrain(model, dict(batch_size=32, epochs=100000.0, num_threads=1, checkpoint_e
 """
 
 
+@pytest.mark.slow
 def test_a_second_pretrain_into_a_running_folder_fails_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT,
@@ -74,6 +75,19 @@ def test_the_lock_is_released_when_a_run_ends_or_fails(tmp_path):
     again = pretrain(SMALL, {**TRAIN, "max_steps": 2}, tmp_path, dataset=random_images(64),
                      resume=True, progress=False)
     assert again.metrics["steps"] == 2
+
+
+def test_a_refused_run_removes_the_folders_it_created_and_only_those(tmp_path):
+    with pytest.raises(ConfigError, match="exceeds the 16 training images"):
+        pretrain(SMALL, {**TRAIN, "max_steps": 1}, tmp_path / "new" / "run",
+                 dataset=random_images(16), progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor new/ is left behind
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="exceeds the 16 training images"):
+        pretrain(SMALL, {**TRAIN, "max_steps": 1}, tmp_path / "mine" / "run",
+                 dataset=random_images(16), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not any((tmp_path / "mine")
+                                                                         .iterdir())
 
 
 # ----- a full disk --------------------------------------------------------------------------------

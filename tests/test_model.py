@@ -165,10 +165,17 @@ def test_bf16_autocast_runs_on_cpu(small_config):
     (torch.zeros(2, 32, 32, 3), r"channels-last\? use images.permute\(0, 3, 1, 2\)"),
     (torch.zeros(2, 3, 64, 64), r"images are 64x64 but the model expects img_size=32"),
     (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), r"floating-point.*images.float\(\) / 255"),
+    (torch.zeros(0, 3, 32, 32), r"images is an empty batch \(0, 3, 32, 32\): pass at least one"),
 ])
 def test_bad_input_errors(small_config, images, match):
-    with pytest.raises(ValueError, match=match):
-        MAE(small_config)(images)
+    """One clear error, the same for every entry point that takes images: the model, its
+    features and the fine-tuning classifier."""
+    from mae.finetune import Classifier
+
+    model = MAE(small_config)
+    for entry in (model, model.features, Classifier(small_config, 10)):
+        with pytest.raises(ValueError, match=match):
+            entry(images)
 
 
 def test_non_tensor_input(small_config):

@@ -144,6 +144,7 @@ def test_mask_ratio_zero_is_refused_where_a_loss_is_needed():
 
 
 # ----- 8. what a run records is what it did -----------------------------------------------------
+@pytest.mark.slow
 def test_options_that_cannot_apply_are_refused(tmp_path):
     pretrain(SMALL, {**TRAIN, "max_steps": 1}, tmp_path, dataset=random_images(64), progress=False)
     for flags, used in ((["--set=encoder_dim=999"], "--set"), (["--preset=tiny"], "--preset"),

@@ -109,6 +109,7 @@ def pretrain_cli(folder, out, *extra):
             "--num-threads=1", f"--out={out}", *extra]
 
 
+@pytest.mark.slow
 def test_streaming_sigkill_then_resume_is_bitwise_identical(jpeg_folder, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(pretrain_cli(jpeg_folder, tmp_path / "full"), check=True, env=env,
@@ -136,6 +137,7 @@ def test_streaming_sigkill_then_resume_is_bitwise_identical(jpeg_folder, tmp_pat
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
+@pytest.mark.slow
 def test_streaming_ddp_two_ranks_match_one_process(jpeg_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(pretrain_cli(jpeg_folder, tmp_path / "single", "--epochs=1"), check=True,
@@ -153,6 +155,7 @@ def test_streaming_ddp_two_ranks_match_one_process(jpeg_folder, tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_paper_tier_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     """The paper-dry tier: ViT-L/16 widths at 224 px (2 encoder blocks), streaming pre-training,
     probe, kNN and fine-tuning, through papermill as every tier, on a generated ImageFolder."""
@@ -233,6 +236,7 @@ def test_a_bad_image_is_one_line_naming_it_or_is_skipped_and_recorded(bad_folder
     assert all("\n" not in why for why in skipped.values())
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_bad_image_resumes_past_it_with_skip_bad_images(bad_folder, tmp_path):
     root, bad = bad_folder
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

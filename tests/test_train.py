@@ -63,6 +63,7 @@ def test_loss_falls_and_run_is_reproducible(tmp_path):
     assert written == json.loads(json.dumps(a.metrics)) and written["steps"] == 16
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -93,6 +94,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_ddp_two_ranks_match_one_process(tmp_path):
     """torchrun, 2 CPU ranks (gloo), 32 images each == one process with 64 images."""
@@ -118,6 +120,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     assert metrics["world_size"] == 2
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_batch_not_divisible_across_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -166,6 +169,7 @@ def test_resume_with_another_config_is_refused(tmp_path, cifar_train):
                  progress=False)
 
 
+@needs_cifar
 def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path, cifar_train):
     """A key missing from an older checkpoint's config means that option's default."""
     data = cifar_train.subset(512)
@@ -223,6 +227,7 @@ def test_pretrain_does_not_change_the_callers_dataset(cifar_train):
     assert data.images is images and len(data) == 512
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_a_config_file_runs_what_the_flags_run(tmp_path):
     """--config (what the ablation runner hands torchrun) trains the same model as the flags."""
