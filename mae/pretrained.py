@@ -256,6 +256,19 @@ def run_record(ckpt_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
                     f"({metrics_file.name} {found}): this record is what {CHECKPOINT} holds"}
 
 
+def without_paths(value: Any, local: dict[str, str]) -> Any:
+    """``value`` (a record: dicts, lists, strings) with each prefix of ``local`` replaced in every
+    string, e.g. ``/work/runs/`` by nothing and the data root by ``$MAE_DATA/``."""
+    if isinstance(value, dict):
+        return {k: without_paths(v, local) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v, local) for v in value]
+    if isinstance(value, str):
+        for prefix, shown in local.items():
+            value = value.replace(prefix, shown)
+    return value
+
+
 def export(run: str | os.PathLike, out: str | os.PathLike,
            overwrite: bool = False) -> dict[str, Any]:
     """Write the weights-only part of a pre-training run (model weights, configs, data fingerprint;
@@ -279,12 +292,17 @@ def export(run: str | os.PathLike, out: str | os.PathLike,
         raise CheckpointError(f"{ckpt_path} is not a pre-training checkpoint (no optimizer state "
                               f"or step): export the {CHECKPOINT} that pretrain wrote.")
     check_writable(out.parent, "--out folder")
-    pretrain = run_record(ckpt_path, ckpt)
-    save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"],
-                          "data": ckpt.get("data"), "step": ckpt["step"],
-                          "pretrain": pretrain, "epoch_loss": epoch_means(ckpt["history"])})
+    # A shared file names no path of the machine that trained it: the run folder by its name,
+    # the datasets relative to $MAE_DATA.
+    local = {str(ckpt_path.resolve().parent.parent) + os.sep: ""}
+    if os.environ.get("MAE_DATA"):
+        local[str(Path(os.environ["MAE_DATA"]).resolve()) + os.sep] = "$MAE_DATA/"
+    pretrain, data = without_paths(run_record(ckpt_path, ckpt), local), without_paths(
+        ckpt.get("data"), local)
+    save_checkpoint(out, {"model": ckpt["model"], "config": ckpt["config"], "data": data,
+                          "step": ckpt["step"], "pretrain": pretrain,
+                          "epoch_loss": epoch_means(ckpt["history"])})
     record = {"file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
-              "step": ckpt["step"], "config": ckpt["config"], "data": ckpt.get("data"),
-              "pretrain": pretrain}
+              "step": ckpt["step"], "config": ckpt["config"], "data": data, "pretrain": pretrain}
     write_json_atomic(out.with_suffix(".json"), record)
     return record

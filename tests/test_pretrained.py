@@ -53,6 +53,9 @@ def test_export_keeps_weights_and_record_drops_optimizer(exported):
     assert ckpt["epoch_loss"][0]["loss"] == pytest.approx(
         sum(h["loss"] for h in run["history"]) / 2)
     assert json.loads((root / "files" / "tiny.json").read_text()) == record
+    # no path of the machine that trained it: the run folder by its name
+    assert str(root) not in json.dumps(record) and str(root) not in json.dumps(ckpt["pretrain"])
+    assert record["pretrain"]["checkpoint"] == "run/checkpoint.pt"
     with pytest.raises(ConfigError, match="tiny.pt and .*tiny.json already exist: pass "
                                           "--overwrite"):
         pretrained.export(root / "run", root / "files" / "tiny.pt")
@@ -297,3 +300,15 @@ def test_load_messages_point_the_right_way(exported, tmp_path, monkeypatch):
     (repo / "checkpoints" / "tiny.pt").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match=f"git -C {repo} checkout -- checkpoints/tiny.pt"):
         pretrained.load("tiny")
+
+
+def test_export_records_the_data_relative_to_mae_data(tmp_path, monkeypatch):
+    from mae.pretrained import without_paths
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("MAE_DATA", str(data))
+    record = {"source": f"{data}/cifar-10-batches-py", "n": 3,
+              "command": [f"--out {tmp_path}/runs/r", f"{data}/x"]}
+    local = {f"{tmp_path}/runs/": "", f"{data}/": "$MAE_DATA/"}
+    assert without_paths(record, local) == {"source": "$MAE_DATA/cifar-10-batches-py", "n": 3,
+                                            "command": ["--out r", "$MAE_DATA/x"]}
