@@ -221,3 +221,14 @@ def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_
     for n, ((_, shown), out) in enumerate(zip(blocks, printed), 1):
         if shown is not None:
             assert out == shown, f"python block {n} printed:\n{out}\nthe page shows:\n{shown}"
+
+
+def test_the_pages_commands_and_code_fit_the_page():
+    """Commands and code in the book's pages fit the 88 columns that show at 1280 px: a comment
+    wrapped onto the next line would read as another command (outputs, ```text, may wrap)."""
+    long = []
+    for path in sorted((ROOT / "book").glob("*.md")):
+        for block in re.findall(r"^```(?:bash|python|shell)\n(.*?)^```", path.read_text(),
+                                re.DOTALL | re.MULTILINE):
+            long += [f"{path.name}: {line}" for line in block.splitlines() if len(line) > 88]
+    assert long == []
