@@ -155,6 +155,9 @@ def official_file(source: str) -> Path:
                               f"itself (as the released-weights page lists them).")
     cached = cache_dir() / "official" / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
     if not cached.is_file():
+        from .files import check_writable
+
+        check_writable(cached.parent, "download cache folder ($MAE_CACHE)")
         download(source, cached, None, "the official checkpoint",
                  "check the URL and the network, or download it by hand and pass its path")
     return cached

@@ -312,3 +312,11 @@ def test_export_records_the_data_relative_to_mae_data(tmp_path, monkeypatch):
     local = {f"{tmp_path}/runs/": "", f"{data}/": "$MAE_DATA/"}
     assert without_paths(record, local) == {"source": "$MAE_DATA/cifar-10-batches-py", "n": 3,
                                             "command": ["--out r", "$MAE_DATA/x"]}
+
+
+def test_load_official_with_the_cache_under_a_file_names_the_cache(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("MAE_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(Exception, match=r"download cache folder \(\$MAE_CACHE\)") as e:
+        pretrained.load_official("http://127.0.0.1:9/mae_pretrain_vit_base.pth", "micro")
+    assert "network" not in str(e.value)
