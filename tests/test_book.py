@@ -202,10 +202,10 @@ json.dump(printed, sys.__stdout__)
 """
 
 
-def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
-    """Every python block of the page runs as it is, without data or network, in one fresh
-    process (about 5 CPU-seconds on one thread), and prints exactly the output shown under it."""
-    blocks = python_blocks(TROUBLESHOOTING)
+def check_python_blocks_print_what_the_page_shows(page: Path, tmp_path: Path) -> None:
+    """Every python block of ``page`` runs as it is, without data or network, in one fresh
+    process, and prints exactly the output shown under it."""
+    blocks = python_blocks(page)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path), "MAE_CACHE": str(tmp_path / "cache"),
            "MAE_CHECKPOINT_URL": "http://127.0.0.1:9/"}  # a download would fail at once
@@ -218,4 +218,24 @@ def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_
     assert len(printed) == len(blocks)
     for n, ((_, shown), out) in enumerate(zip(blocks, printed), 1):
         if shown is not None:
-            assert out == shown, f"python block {n} printed:\n{out}\nthe page shows:\n{shown}"
+            assert out == shown, (f"{page.name}, python block {n} printed:\n{out}\n"
+                                  f"the page shows:\n{shown}")
+
+
+def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
+    """Every python block of the page runs as it is, without data or network, in one fresh
+    process (about 5 CPU-seconds on one thread), and prints exactly the output shown under it."""
+    check_python_blocks_print_what_the_page_shows(TROUBLESHOOTING, tmp_path)
+
+
+TRAINING_LOOP = ROOT / "book" / "training_loop.md"
+def test_training_loop_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
+    """The appendix's python blocks (a batch split over micro-batches and ranks, the shortcut's
+    loss and gradients against the full forward in float64, the FLOPs it saves) fit the page,
+    run without data or network in one fresh process, and print what the page shows."""
+    blocks = python_blocks(TRAINING_LOOP)
+    assert len(blocks) >= 3
+    for n, (source, _) in enumerate(blocks, 1):
+        for line in source.splitlines():
+            assert len(line) <= 88, f"python block {n}: {len(line)} columns: {line}"
+    check_python_blocks_print_what_the_page_shows(TRAINING_LOOP, tmp_path)
