@@ -14,8 +14,11 @@ loss ignores the visible patches, so pre-training can skip them. Three facts mak
   the hidden tail.
 
 It is built from each block's own submodules and adds no parameters; the loss and every gradient
-equal `MAE.forward`'s (tests/test_hidden.py). It paid 4-13 % of a train step on CPU
-(`benchmarks/speedups.py`, "every prediction").
+equal `MAE.forward`'s (tests/test_hidden.py). It removes 3-5 % of a train step's FLOPs
+(`mae.flops`); timed on 2 CPU threads (`benchmarks/speedups.py`, "every prediction";
+results/benchmarks/cpu-2threads-speedups.md) it ran at 0.94-1.13x the full pass's speed, no
+shape faster in both measurements: no saving measured beyond the noise. The book's appendix
+"How the training loop is built" (book/training_loop.md) explains it.
 """
 
 from __future__ import annotations

@@ -204,10 +204,10 @@ json.dump(printed, sys.__stdout__)
 """
 
 
-def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
-    """Every python block of the page runs as it is, without data or network, in one fresh
-    process (about 5 CPU-seconds on one thread), and prints exactly the output shown under it."""
-    blocks = python_blocks(TROUBLESHOOTING)
+def check_python_blocks_print_what_the_page_shows(page: Path, tmp_path: Path) -> None:
+    """Every python block of ``page`` runs as it is, without data or network, in one fresh
+    process, and prints exactly the output shown under it."""
+    blocks = python_blocks(page)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path), "MAE_CACHE": str(tmp_path / "cache"),
            "MAE_CHECKPOINT_URL": "http://127.0.0.1:9/"}  # a download would fail at once
@@ -220,7 +220,76 @@ def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_
     assert len(printed) == len(blocks)
     for n, ((_, shown), out) in enumerate(zip(blocks, printed), 1):
         if shown is not None:
-            assert out == shown, f"python block {n} printed:\n{out}\nthe page shows:\n{shown}"
+            assert out == shown, (f"{page.name}, python block {n} printed:\n{out}\n"
+                                  f"the page shows:\n{shown}")
+
+
+def test_troubleshooting_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
+    """Every python block of the page runs as it is, without data or network, in one fresh
+    process (about 5 CPU-seconds on one thread), and prints exactly the output shown under it."""
+    check_python_blocks_print_what_the_page_shows(TROUBLESHOOTING, tmp_path)
+
+
+TRAINING_LOOP = ROOT / "book" / "training_loop.md"
+LITERALINCLUDE = re.compile(r"```\{literalinclude\} \.\./(\S+)\n:pyobject: (\S+)\n")
+# The production machinery of pre-training (issue 31, item 2): the appendix page shows it, the
+# chapters do not. Modules whose code the chapters must not render, and names their code cells
+# must not call.
+MACHINERY_MODULES = ("mae/hidden.py", "mae/train.py", "mae/pretrain_setup.py", "mae/resume.py",
+                     "mae/streaming.py")
+MACHINERY_NAMES = ("draw_batch", "BatchSource", "micro_batches", "hidden_patch_loss",
+                   "HiddenPatchLoss", "decode_hidden", "run_steps", "resume_run")
+
+
+def rendered_code(text: str) -> set[tuple[str, str]]:
+    """The (file, pyobject) pairs that the {literalinclude} directives of MyST text render."""
+    assert text.count("{literalinclude}") == len(LITERALINCLUDE.findall(text))
+    return set(LITERALINCLUDE.findall(text))
+
+
+def test_chapters_5_and_6_render_no_production_internals_and_the_appendix_does():
+    """Chapters 5 and 6 show the minimal idea (the loss from the parts; one training step written
+    out and checked against the library) and render none of the batch machinery or the
+    hidden-patch shortcut, in markdown or in code; the appendix page "How the training loop is
+    built" renders them, from the package's real code, and is in the Appendix part."""
+    import yaml
+
+    for stem in ("05_decoder", "06_pretraining"):
+        cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        for path, name in rendered_code(text):
+            assert path not in MACHINERY_MODULES, f"{stem} renders {path}: {name}"
+            assert name not in MACHINERY_NAMES, f"{stem} renders {name}"
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        for name in MACHINERY_NAMES:
+            assert not re.search(rf"\b{name}\b", code), f"{stem}'s code uses {name}"
+        assert "{doc}`../book/training_loop`" in text, f"{stem} does not point to the appendix"
+    shown = rendered_code(TRAINING_LOOP.read_text())
+    for name in ("pretrain", "Schedule", "set_up", "run_steps", "train_step", "BatchSource",
+                 "draw_batch", "micro_batches", "resume_run", "loss_network",
+                 "hidden_patch_loss", "decode_hidden"):
+        assert name in {obj for _, obj in shown}, f"the appendix does not render {name}"
+    assert all((ROOT / path).is_file() for path, _ in shown)
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    part = next(p for p in toc["parts"] if p["caption"] == "Appendix")
+    assert "book/training_loop" in [chapter["file"] for chapter in part["chapters"]]
+    # No speed saving that the measurement does not show.
+    page = TRAINING_LOOP.read_text()
+    assert "0.94 to 1.13" in page and "claims no speed-up" in page
+    for path in (ROOT / "notebooks").glob("0*.ipynb"):
+        assert "4-13 %" not in path.read_text(), path.name
+
+
+def test_training_loop_python_runs_offline_and_prints_what_the_page_shows(tmp_path):
+    """The appendix's python blocks (a batch split over micro-batches and ranks, the shortcut's
+    loss and gradients against the full forward in float64, the FLOPs it saves) fit the page,
+    run without data or network in one fresh process, and print what the page shows."""
+    blocks = python_blocks(TRAINING_LOOP)
+    assert len(blocks) >= 3
+    for n, (source, _) in enumerate(blocks, 1):
+        for line in source.splitlines():
+            assert len(line) <= 88, f"python block {n}: {len(line)} columns: {line}"
+    check_python_blocks_print_what_the_page_shows(TRAINING_LOOP, tmp_path)
 
 
 def test_the_pages_commands_and_code_fit_the_page():
