@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_flags(p, EvalConfig, "evaluation", eval_fields(name))
         p.add_argument("--out", help="also write the metrics JSON here")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "finetune":
+            p.add_argument("--curve-every", type=int, default=0, metavar="STEPS",
+                           help="every STEPS steps and at the end, record the training loss and "
+                                "top-1 on the test set and on clean training images "
+                                "(finetune_curve; default 0: none)")
         data_flags(p)
         p.set_defaults(func=func)
 

@@ -186,7 +186,8 @@ def cmd_finetune(args) -> int:
     device = pick_device(ec.device)
     clock = CpuClock()
     train, test = datasets_for(args, configs.get("train", {}), config.img_size)
-    metrics = finetune(config, train, test, state, ec, device, progress=not args.no_progress)
+    metrics = finetune(config, train, test, state, ec, device, progress=not args.no_progress,
+                       curve_every=args.curve_every)
     write_json(args.out, {**metrics, "checkpoint": args.checkpoint or "random-init",
                           "model": config.to_dict(), "eval": ec.to_dict(),
                           "data": train.fingerprint(), **trained_for(args),

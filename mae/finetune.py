@@ -160,12 +160,17 @@ def finetune(
     config: MAEConfig, train: ImageDataset, test: ImageDataset,
     encoder_state: Mapping[str, torch.Tensor] | None = None,
     eval_config: EvalConfig | Mapping[str, Any] | None = None,
-    device: torch.device | str | None = None, progress: bool = True,
+    device: torch.device | str | None = None, progress: bool = True, curve_every: int = 0,
 ) -> dict[str, Any]:
     """Fine-tune the encoder end to end (from ``encoder_state``, or from random initialisation
     when None) and report test top-1. Torch's global random state is the caller's again
     afterwards. ``device``: where to run (default: the eval config's ``device``, auto = CUDA
     when present); autocast follows the eval config's ``precision`` (`mae.runtime.autocast_dtype`).
+
+    ``curve_every`` > 0 also returns ``finetune_curve``: every that many steps and at the end,
+    the mean training loss since the last point (on mixed, smoothed targets), and top-1 on the
+    test set and on as many clean training images (the first, unaugmented, unmixed): how well
+    the model fits what it trains on. The evaluations draw nothing random: the run is the same.
 
     As the official ``main_finetune.py`` (appendix A.3): AdamW (0.9, 0.999) with layer-wise lr
     decay, warm-up + cosine, lr = ft_base_lr * batch / 256, drop path, label smoothing, mixup /
@@ -181,6 +186,9 @@ def finetune(
     for data in (train, test):
         data.check_size(config.img_size, "fine-tuning")
     bs = ec.ft_batch_size
+    if curve_every < 0:
+        raise ConfigError(f"curve_every must be 0 (no curve) or a number of steps, got "
+                          f"{curve_every}.")
     if len(train) < bs:
         raise ConfigError(f"fine-tuning needs at least ft_batch_size = {bs} training images for "
                           f"one step, got {len(train)}: lower ft_batch_size (e.g. to "
@@ -189,13 +197,29 @@ def finetune(
         if encoder_state is None:  # the initialisation pre-training with the same seed starts
             with torch.random.fork_rng(devices=_gpus(device)):  # from; init_model reseeds
                 encoder_state = init_model(config, ec.seed).encoder.state_dict()
-        return _finetune(config, train, test, encoder_state, ec, device, amp, progress)
+        return _finetune(config, train, test, encoder_state, ec, device, amp, progress,
+                         curve_every)
+
+
+def _top1(model: Classifier, data: ImageDataset, device: torch.device,
+          amp: torch.dtype | None) -> float:
+    """Top-1 (%) of ``model`` on ``data``'s images resized whole, in eval mode (no drop path)."""
+    model.eval()
+    correct = 0
+    size = model.encoder.config.img_size
+    with torch.no_grad():
+        for start in range(0, len(data), 512):
+            x = resize_batch(data.images[start:start + 512].to(device), size, data.mean, data.std)
+            with autocast(device, amp):
+                pred = model(x).argmax(1)
+            correct += (pred == data.labels[start:start + 512].to(device)).sum().item()
+    return 100 * correct / len(data)
 
 
 def _finetune(
     config: MAEConfig, train: ImageDataset, test: ImageDataset,
     encoder_state: Mapping[str, torch.Tensor], ec: EvalConfig, device: torch.device,
-    amp: torch.dtype | None, progress: bool,
+    amp: torch.dtype | None, progress: bool, curve_every: int = 0,
 ) -> dict[str, Any]:
     """`finetune`'s body, run with torch's global random state seeded for it."""
     model = Classifier(config, train.num_classes, ec.ft_drop_path)
@@ -214,6 +238,8 @@ def _finetune(
 
     t0 = time.perf_counter()
     losses = []
+    curve: list[dict[str, float]] = []
+    clean = train.subset(min(len(train), len(test)))  # for the curve's training top-1
     for step in tqdm(range(total), desc="finetune", unit="step", disable=not progress):
         epoch, within = divmod(step, steps_per_epoch)
         if within == 0:
@@ -236,16 +262,17 @@ def _finetune(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if curve_every and ((step + 1) % curve_every == 0 or step + 1 == total):
+            since = losses[curve[-1]["step"] if curve else 0:]
+            curve.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
+                          "train_loss": sum(since) / len(since),
+                          "train_top1": _top1(model, clean, device, amp),
+                          "test_top1": _top1(model, test, device, amp)})
+            model.train()
+    top1 = curve[-1]["test_top1"] if curve else _top1(model, test, device, amp)
     model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(test), 512):
-            x = resize_batch(test.images[start:start + 512].to(device), config.img_size,
-                             test.mean, test.std)
-            with autocast(device, amp):
-                pred = model(x).argmax(1)
-            correct += (pred == test.labels[start:start + 512].to(device)).sum().item()
-    return {"finetune_top1": 100 * correct / len(test), "finetune_steps": total,
-            "finetune_device": str(device), "finetune_precision": precision_name(amp),
-            "finetune_final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "finetune_time_s": time.perf_counter() - t0}
+    out = {"finetune_top1": top1, "finetune_steps": total,
+           "finetune_device": str(device), "finetune_precision": precision_name(amp),
+           "finetune_final_loss": sum(losses[-50:]) / len(losses[-50:]),
+           "finetune_time_s": time.perf_counter() - t0}
+    return {**out, "finetune_curve": curve} if curve_every else out

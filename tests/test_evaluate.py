@@ -153,6 +153,24 @@ def test_finetune_starts_from_the_given_encoder(monkeypatch):
     assert not all(torch.equal(first[0][k], other[k]) for k in other)  # the check can fail
 
 
+
+@needs_cifar
+def test_finetune_curve_measures_without_changing_the_run(cifar_train, cifar_test):
+    """curve_every adds evaluations that draw nothing random: the run and its result are the
+    same, the last point is the end of the run, and its training top-1 is on clean images."""
+    config = MAEConfig.from_dict(SMALL)
+    ec = {"ft_epochs": 1.0, "ft_batch_size": 32, "ft_drop_path": 0.1}
+    train, test = cifar_train.subset(128), cifar_test.subset(64)
+    a = finetune(config, train, test, None, ec, progress=False)
+    b = finetune(config, train, test, None, ec, progress=False, curve_every=3)
+    curve = b.pop("finetune_curve")
+    assert a == {**b, "finetune_time_s": a["finetune_time_s"]}
+    assert [p["step"] for p in curve] == [3, 4] and curve[-1]["epoch"] == 1.0
+    assert curve[-1]["test_top1"] == a["finetune_top1"]
+    assert all(0 <= p["train_top1"] <= 100 and p["train_loss"] > 0 for p in curve)
+    with pytest.raises(ConfigError, match="curve_every"):
+        finetune(config, train, test, None, ec, progress=False, curve_every=-1)
+
 def by_hand(clf, images, cls_token=True):
     """The classifier's forward written out: embed + positions, CLS first, blocks, mean of the
     patch tokens, fc_norm, head; no encoder norm."""
