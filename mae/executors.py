@@ -223,14 +223,14 @@ def submit_pretrain(model_config: MAEConfig, train_config: TrainConfig, out: Pat
     from .checkpoint import refuse_existing_run
     from .provenance import check_writable
 
-    out = Path(out).resolve()
-    check_writable(out, "--out folder")
-    refuse_existing_run(out, resume, overwrite)
-    options = slurm_options({"name": "pretrain"}, flags)
+    options = slurm_options({"name": "pretrain"}, flags)  # refused options leave no folder
     tasks = tasks_per_node or max(1, options["gpus_per_node"])
     if nodes < 1 or tasks < 1:
         raise ConfigError(f"--nodes and --tasks-per-node must be at least 1, got {nodes} and "
                           f"{tasks}.")
+    out = Path(out).resolve()
+    check_writable(out, "--out folder")
+    refuse_existing_run(out, resume, overwrite)
     executor = executor_for(out / "submitit", cluster, f"mae-pretrain-{out.name}", options,
                             nodes, tasks)
     job = executor.submit(PretrainJob(model_config.to_dict(), train_config.to_dict(), out,

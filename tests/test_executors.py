@@ -222,3 +222,14 @@ def test_a_point_that_fails_in_its_job_is_named_with_its_error(tmp_path):
     assert f"job {job.job_id} (" in line and "random_init/seed0" in line
     assert "No such file" in line or "FileNotFoundError" in line
     assert lines[-1] == "0 of 1 jobs complete"
+
+
+def test_a_refused_pretraining_submission_leaves_no_run_folder(tmp_path):
+    """Options are checked before --out is made: a refused submission leaves nothing behind."""
+    from mae.executors import submit_pretrain
+    from mae.recipe import TrainConfig
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--nodes and --tasks-per-node must be at least 1"):
+        submit_pretrain(MAEConfig.preset("micro"), TrainConfig(), out, cluster="local", nodes=0)
+    assert not out.exists()
