@@ -217,17 +217,16 @@ def run_sweep(
     """
     import fcntl
 
-    try:
-        import papermill
-    except ImportError:
-        raise ConfigError("mae ablate runs its notebooks with papermill, which is not installed: "
-                          "pip install 'mae[book]' (make install does).") from None
-
     root = root or project_root()
     points = [p for p in sweep_points(root, sweep, tier, dataset, seeds, results)
               if only is None or p.run_dir == Path(only)]
     for point in points:  # every point's configs, before anything runs
         resolved_configs(point.parameters)
+    try:  # after the files are checked: a misspelt key is named even where papermill is missing
+        import papermill
+    except ImportError:
+        raise ConfigError("mae ablate runs its notebooks with papermill, which is not installed: "
+                          "pip install 'mae[book]' (make install does).") from None
     stale = check_stale(points, sweep, tier, rerun_stale)
     failed = elsewhere = 0
     for i, point in enumerate(points, 1):
