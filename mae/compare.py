@@ -16,15 +16,10 @@ from .ablate import load_tier, load_yaml, sweep_names
 from .config import ConfigError, unknown_key_error
 from .figures import comparison_figure
 from .files import write_text_atomic
-from .tally import beyond_spread, compare_with_default, sweep_rows
+from .tally import beyond_spread, cell, compare_with_default, sweep_rows
 
 METRICS = ("probe_top1", "knn_top1")
 WORDS = {True: "yes", False: "no", None: "n/a"}
-
-
-def _fmt(stat) -> str:
-    return ("" if stat is None else f"{stat[0]:.1f}\u00a0±\u00a0{stat[1]:.1f}" if stat[1]
-            else f"{stat[0]:.1f}")  # non-breaking: "50.8 ± 0.6" never wraps inside
 
 
 def comparison_rows(rows_by_tier: dict[str, list[dict[str, Any]]], base: str,
@@ -84,7 +79,7 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                 vs.append(" / ".join("–" if d is None else fmt(d) for d in diffs) + " (" + " / ".join(
                     WORDS[r[f"{m}_vs_default_beyond"][i]] for m in METRICS) + ")")
             lines.append(f"| {sweep} | {r['setting']} | {r['seeds'][0]} / {r['seeds'][1]} | "
-                         + " | ".join(_fmt(r[m][i]) for m in METRICS for i in (0, 1))
+                         + " | ".join(cell(r[m][i]) for m in METRICS for i in (0, 1))
                          + f" | {change} | {vs[0]} | {vs[1]} |")
     lines += ["", "Probe / kNN top-1 %, mean ± sample std over seeds. Differences are probe / kNN "
               "points, with the spread rule's verdict in brackets (the report's rule: beyond the "

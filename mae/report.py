@@ -17,7 +17,7 @@ from .config import ConfigError
 from .figures import summary_figure, sweep_figure
 from .provenance import write_text_atomic
 from .runfolders import collect_runs, remove_others
-from .tally import SPREAD_RULE, beyond_spread, compare_with_default, sweep_rows
+from .tally import SPREAD_RULE, beyond_spread, cell, compare_with_default, sweep_rows
 
 __all__ = ["SPREAD_RULE", "beyond_spread", "report"]
 
@@ -100,14 +100,6 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
     return written
 
 
-def _cell(stat, digits=1):
-    if stat is None:
-        return ""
-    mean, std = stat
-    # Non-breaking spaces: a narrow column wraps between cells' words, never inside "50.8 ± 0.6".
-    return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}"
-
-
 def signed(value: float) -> str:
     """'+1.2', '-0.4', and '0.0' for what rounds to zero (never '-0.0')."""
     return "0.0" if round(value, 1) == 0 else f"{value:+.1f}"
@@ -181,8 +173,8 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
         wall_text = f"{wall[0] / 60:.1f}" if wall else ("none" if r.get("baseline") else "–")
         cpu_text = f"{cpu[0] / 60:.1f}" if cpu else "–"
         lines.append(
-            f"| {r['label']} | {r['seeds']} | {_cell(r['probe_top1'])} | {_cell(r['knn_top1'])} | "
-            + (f"{_cell(r['finetune_top1'])} | " if has_ft else "")
+            f"| {r['label']} | {r['seeds']} | {cell(r['probe_top1'])} | {cell(r['knn_top1'])} | "
+            + (f"{cell(r['finetune_top1'])} | " if has_ft else "")
             + f"{_verdict(r)} | {wall_text} / {cpu_text} "
             + f"| {r['paper'].get('lin', '–')} / {r['paper'].get('ft', '–')} |")
     baseline = any(r.get("baseline") for r in rows)

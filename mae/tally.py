@@ -31,6 +31,15 @@ def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
     return None if bar is None else abs(stat[0] - ref[0]) > bar
 
 
+def cell(stat, digits: int = 1) -> str:
+    """'50.8 ± 0.6' (the mean alone when the std is 0, '' for no value). Non-breaking spaces: a
+    narrow table column wraps between a cell's words, never inside '50.8 ± 0.6'."""
+    if stat is None:
+        return ""
+    mean, std = stat
+    return f"{mean:.{digits}f}" if std == 0 else f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}"
+
+
 def stats(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
