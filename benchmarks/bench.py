@@ -50,7 +50,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceiling import ceiling  # noqa: E402
 from common import IMPLS, SHAPES, VITL, Stepper, available, shape_config  # noqa: E402
-from mae.runtime import cpu_has_native_bf16, pick_device, precision_name  # noqa: E402
+from mae.runtime import (  # noqa: E402
+    autocast_dtype, cpu_has_native_bf16, pick_device, precision_name,
+)
 from probes import (  # noqa: E402
     PeakProbe, compare, mask_token_speedup, matmul_peak, memory_child, peak_memory, pipeline_rate,
 )
@@ -207,8 +209,6 @@ def train_steps(name, args, impls, device, prec, warmup, repeats, compile_modes,
 def default_steps(rows: list[dict], shapes: list[str], device: torch.device) -> None:
     """Marks, per shape, the rows a user gets without flags: mae with precision auto (the dtype
     `mae.runtime.autocast_dtype` picks for the shape's encoder width), the peers in float32."""
-    from mae.runtime import autocast_dtype
-
     for name in shapes:
         mae_default = precision_name(autocast_dtype("auto", device,
                                                     shape_config(name, False).encoder_dim))
