@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import check_hides_a_patch, check_mask_ratio, num_visible
 from .decoder import Decoder
-from .layers import Block, merge_heads, split_heads
+from .layers import Block, attend, merge_heads, split_heads
 from .loss import reconstruction_target
 from .masking import gather_tokens
 from .model import MAE
@@ -110,7 +110,7 @@ def decode_hidden(
 def _attend(block: Block, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The block's attention and output projection from projected q (B, M, D), k, v (B, N, D)."""
     h = block.attn.heads
-    out = F.scaled_dot_product_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h))
+    out = attend(split_heads(q, h), split_heads(k, h), split_heads(v, h))
     return block.drop_path(block.attn.proj(merge_heads(out)))  # (B, M, D)
 
 

@@ -19,6 +19,18 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, h * d)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for (B, h, N, d) heads: torch's fused kernel
+    (`scaled_dot_product_attention`; flash or memory-efficient on a GPU), except in bfloat16 on
+    a CPU, where the same formula as two plain matrix products is faster at ViT lengths: there
+    torch's fused bf16 kernel took 1.2-7x the time of the two products, forward and backward
+    (`benchmarks/attention.py`), and a micro train step in bf16 ran slower than in float32.
+    Float32 on a CPU and everything on a GPU keep the fused kernel."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused QKV projection."""
 
@@ -33,8 +45,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, D)."""
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        # softmax(q k^T / sqrt(d)) v; on GPUs a flash or memory-efficient kernel.
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(merge_heads(attend(q, k, v)))  # softmax(q k^T / sqrt(d)) v
 
 
 class MLP(nn.Module):

@@ -136,6 +136,28 @@ def test_speedups_smoke_run_writes_its_table(tmp_path):
     assert "Each variant in a process of its own" in text
 
 
+def test_bf16_smoke_run_writes_both_tables(tmp_path):
+    env = {**os.environ, "MAE_CPU_BF16": "1"}  # the measurement runs wherever bf16 is forced
+    out = subprocess.run([sys.executable, "benchmarks/bf16.py", "--smoke", "--threads", "1",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (md,) = tmp_path.glob("*-bf16.md")
+    text = md.read_text()
+    for shape in ("micro", "tiny", "vit-b-d4"):
+        for part in ("encoder", "decoder"):
+            assert text.count(f"| {shape} {part} |") == 2  # bf16 and fp32
+    assert "| 128 |" in text and "CPU_BF16_MIN_WIDTH at this commit" in text
+
+
+def test_bf16_benchmark_refuses_a_cpu_without_native_bf16(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/bf16.py", "--smoke", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "MAE_CPU_BF16": "0"})
+    assert out.returncode == 2 and "no native bf16" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
 def test_ceiling_captures_every_product_of_a_step():
     """The products captured from one train step carry the FLOPs mae.flops counts analytically
     (linears, and attention's as batched matmuls), forward and backward."""

@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mae.layers import MLP, Attention, Block
@@ -62,3 +63,33 @@ def test_attention_gradients_equal_the_math_backend():
     inputs = (x, *attn.parameters())
     for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(a, b)
+
+
+def test_attend_in_bf16_on_cpu_is_the_fused_kernels_formula():
+    """`attend` takes two plain products in bf16 on a CPU (faster there than torch's fused bf16
+    kernel) and the fused kernel otherwise: the same values, forward and backward, within bf16's
+    rounding; float32 runs the fused kernel itself."""
+    from mae.layers import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 17, 32, generator=g) for _ in range(3))
+    torch.testing.assert_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                               rtol=0, atol=0)
+    grads = []
+    for fn in (attend, F.scaled_dot_product_attention):
+        leaves = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        out.float().square().sum().backward()
+        grads.append((out.float(), *(t.grad.float() for t in leaves)))
+    for ours, fused in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, fused, rtol=0.05, atol=0.05)
+
+
+def test_attention_under_cpu_bf16_autocast_matches_float32():
+    torch.manual_seed(0)
+    attn = Attention(64, 2)
+    x = torch.randn(3, 17, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attn(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), attn(x), rtol=0.05, atol=0.05)
