@@ -38,6 +38,21 @@ def test_book_builds_and_links_resolve(tmp_path):
     assert any("'notebooks/03_loss' produced no page" in p for p in problems)
     assert any("broken link" in p and "03_loss.html" in p for p in problems)
     assert any(f"01_patchify.html: image {figure} does not exist" in p for p in problems)
+    # Where a Chromium is installed: every page at 1280 and 400 px, laid out without sideways
+    # scrolling or a cut-off table, its maths typeset; and the check notices a page that is not.
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        layout = subprocess.run([sys.executable, str(ROOT / "tools" / "check_layout.py"),
+                                 str(html)], capture_output=True, text=True)
+        assert layout.returncode == 0, layout.stdout[-3000:] + layout.stderr[-2000:]
+        assert "theory.html @ 400px: ok" in layout.stdout
+        wide = broken / "book" / "theory.html"
+        wide.write_text(wide.read_text().replace(
+            '<article class="bd-article">', '<article class="bd-article"><div style="width: 900px; '
+            'height: 1px"></div><p>left $x^2$ raw</p>', 1))
+        layout = subprocess.run([sys.executable, str(ROOT / "tools" / "check_layout.py"),
+                                 str(broken), "--widths", "400"], capture_output=True, text=True)
+        assert "theory.html @ 400px: the page scrolls sideways" in layout.stdout
+        assert "maths left untypeset" in layout.stdout and layout.returncode == 1
 
 
 def test_chapter_code_fits_the_page_and_every_chapter_ends_with_exercises():
