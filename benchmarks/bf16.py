@@ -34,9 +34,9 @@ from common import (  # noqa: E402
     SHAPES, SMOKE, Stepper, interleave, median_spread, paired_ratio, rotated, summary,
 )
 from mae.config import MAEConfig  # noqa: E402
-from mae.provenance import device_name, git_state, write_text_atomic  # noqa: E402
+from mae.provenance import device_name, git_state  # noqa: E402
 from mae.runtime import CPU_BF16_MIN_WIDTH, cpu_has_native_bf16  # noqa: E402
-from report import device_slug, output_folder  # noqa: E402
+from report import write_markdown  # noqa: E402
 
 WIDTHS = (128, 160, 192, 256)
 
@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio:.2f}x +/- {spread:.2f}", flush=True)
         lines.append(f"| {width} | {f32:,.1f} | {b16:,.1f} | {ratio:.2f}x | {spread:.2f} |")
     lines += ["", f"mae.runtime.CPU_BF16_MIN_WIDTH at this commit: {CPU_BF16_MIN_WIDTH}."]
-    out = output_folder(args.out, args.smoke) / f"{device_slug(device)}{'-smoke' if args.smoke else ''}-bf16.md"
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_markdown(lines, args.out, args.smoke, device, "bf16")
     return 0
 
 

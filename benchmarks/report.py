@@ -34,6 +34,17 @@ def device_slug(device: torch.device) -> str:
     return f"cpu-{torch.get_num_threads()}threads"
 
 
+def write_markdown(lines: list[str], out: Path | None, smoke: bool, device: torch.device,
+                   kind: str) -> Path:
+    """Write a benchmark's lines to ``<device>[-smoke]-<kind>.md`` in its folder (see
+    `output_folder`) and say where."""
+    slug = device_slug(device) + ("-smoke" if smoke else "")
+    path = output_folder(out, smoke) / f"{slug}-{kind}.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def run_header(device: torch.device, amps: list[torch.dtype | None], impls: list[str],
                argv: list[str] | None) -> dict:
     """Machine, precisions, date, versions, git commit and command of this run."""

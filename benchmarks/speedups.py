@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHAPES, SMOKE, Stepper, interleave, paired_ratio, rotated, summary  # noqa: E402
-from mae.provenance import device_name, git_state, write_text_atomic  # noqa: E402
+from mae.provenance import device_name, git_state  # noqa: E402
 from mae.runtime import autocast_dtype, pick_device  # noqa: E402
-from report import SMOKE_OUT, device_slug, output_folder  # noqa: E402
+from report import SMOKE_OUT, write_markdown  # noqa: E402
 
 VARIANTS = {  # name: Stepper options
     "mae": {},
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}, each variant in fresh processes ({rounds} rounds)", flush=True)
             per, batch = isolated(name, rounds, steps, iso_warmup, args.smoke, args.threads)
             lines += table_rows(name, per, batch)
-    slug = device_slug(device) + ("-smoke" if args.smoke else "")
-    out = output_folder(args.out, args.smoke) / f"{slug}-speedups.md"
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_markdown(lines, args.out, args.smoke, device, "speedups")
     return 0
 
 
