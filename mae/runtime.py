@@ -57,10 +57,11 @@ def pick_device(name: str = "auto") -> torch.device:
 # avx512_bf16, 2 threads, batch 256, 64 patches) measured bf16 / float32 train-step speed with
 # attention as two plain products in bf16 (`mae.layers.attend`): 1.91x at width 128 (micro), 1.81x
 # at 160, 1.83x at 192 and 256. With torch's fused bf16 attention it had been 0.75x at 128 and
-# 1.19x at 192, hence 192. bf16 now pays at micro too; `auto` stays float32 below 192 until the
-# bf16 quality check (tier cpu-bf16 against cpu, report's spread rule) has been rerun with this
-# attention path, and until the micro runs that record precision "auto" (the cpu tier, chapters
-# 6 and 7) are pinned to the float32 they ran: lowering it changes their results on such CPUs.
+# 1.19x at 192, hence 192. bf16 now pays at micro too, and the quality check rerun with this
+# attention path passed (tier cpu-bf16 against cpu: +0.1 / +0.3 probe / kNN points, within the
+# spread). `auto` stays float32 below 192 until the micro runs that record precision "auto" (the
+# cpu tier, chapters 6 and 7) are pinned to the float32 they ran and the stale check compares the
+# precision a run resolved: lowering it now would change their results on such CPUs unnoticed.
 CPU_BF16_MIN_WIDTH = 192
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
