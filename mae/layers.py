@@ -26,7 +26,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     torch's fused bf16 kernel took 1.3-7.1x the time of the two products, forward and backward,
     at the benchmark's shapes (`benchmarks/bf16.py`); with it a micro train step in bf16 ran
     slower than in float32, with the two products 1.9x faster. Float32 on a CPU (where the fused
-    kernel is the faster, 1.5-3x) and everything on a GPU keep the fused kernel."""
+    kernel is the faster, 1.4-3.0x) and everything on a GPU keep the fused kernel."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v)
