@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     SHAPES, SMOKE, Stepper, interleave, median_spread, paired_ratio, rotated, summary,
 )
 from mae.config import MAEConfig  # noqa: E402
+from mae.layers import attention_probs  # noqa: E402
 from mae.provenance import device_name, git_state  # noqa: E402
 from mae.runtime import CPU_BF16_MIN_WIDTH, cpu_has_native_bf16  # noqa: E402
 from report import write_markdown  # noqa: E402
@@ -42,7 +43,7 @@ WIDTHS = (128, 160, 192, 256)
 
 
 def two_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return attention_probs(q, k) @ v  # mae.layers.attend's bf16 CPU path, at any precision
 
 
 KERNELS = {"fused (sdpa)": F.scaled_dot_product_attention, "two products": two_products}

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from .layers import Attention, split_heads
+from .layers import Attention, attention_probs, split_heads
 from .model import MAE
 
 
 def attention_weights(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) of an `Attention` module on its input x (B, N, D): (B, h, N, N)."""
     q, k, _ = (split_heads(t, attn.heads) for t in attn.qkv(x).chunk(3, dim=-1))
-    return (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(dim=-1)
+    return attention_probs(q, k)
 
 
 @torch.no_grad()

@@ -19,6 +19,11 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, h * d)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) for (B, h, N, d) heads, written out: (B, h, N, N)."""
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for (B, h, N, d) heads: torch's fused kernel
     (`scaled_dot_product_attention`; flash or memory-efficient on a GPU), except in bfloat16 on
@@ -28,7 +33,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     slower than in float32, with the two products 1.9x faster. Float32 on a CPU (where the fused
     kernel is the faster, 1.4-3.0x) and everything on a GPU keep the fused kernel."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return attention_probs(q, k) @ v
     return F.scaled_dot_product_attention(q, k, v)
 
 
