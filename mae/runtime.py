@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,17 @@ def autocast_dtype(precision: str, device: torch.device,
         if device.type == "cpu" and (width or 0) >= CPU_BF16_MIN_WIDTH and cpu_has_native_bf16():
             return torch.bfloat16
         return None
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        global _warned_emulated_bf16
+        if not _warned_emulated_bf16:  # once a process: correct, but a run could take days
+            _warned_emulated_bf16 = True
+            print("warning: bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 flag): "
+                  "torch emulates it, many times slower than float32; use --precision fp32 (or "
+                  "auto) on this machine", file=sys.stderr)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+_warned_emulated_bf16 = False
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -85,6 +85,7 @@ def spied(monkeypatch):
 def test_frozen_puts_the_model_on_the_device_and_follows_the_policy(
         spied, monkeypatch, tmp_path, capsys, native, precision, want):
     monkeypatch.setenv("MAE_CPU_BF16", native)
+    monkeypatch.setattr(mae.runtime, "_warned_emulated_bf16", False)
     out = tmp_path / "m.json"
     assert main(["frozen", *WIDE, "--device", "cuda:1", "--precision", precision,
                  "--probe-epochs", "1", "--knn-k", "5", "--out", str(out), "--no-progress"]) == 0
@@ -93,7 +94,14 @@ def test_frozen_puts_the_model_on_the_device_and_follows_the_policy(
     record = json.loads(out.read_text())
     assert record["device"] == "cpu" and record["eval"]["device"] == "cuda:1"
     assert record["precision"] == {None: "fp32", torch.bfloat16: "bf16"}[want]
-    capsys.readouterr()
+    err = capsys.readouterr().err  # bf16 asked for where it is emulated: one line of advice
+    warned = [line for line in err.splitlines() if "without native bf16" in line]
+    if (native, precision) == ("0", "bf16"):
+        assert warned == ["warning: bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 "
+                          "flag): torch emulates it, many times slower than float32; use "
+                          "--precision fp32 (or auto) on this machine"]
+    else:
+        assert warned == []
 
 
 def test_finetune_runs_on_the_device_with_the_policy_and_the_official_crop(
