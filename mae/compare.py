@@ -54,7 +54,8 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
     w.writerow(["sweep", "setting", f"seeds_{base}", f"seeds_{other}"]
                + [f"{m}_{t}" for m in METRICS for t in (base, other)]
                + [f"{m}_{k}" for m in METRICS for k in ("change", "change_beyond_spread")]
-               + [f"{m}_minus_default_{t}" for m in METRICS for t in (base, other)])
+               + [f"{m}_minus_default_{t}" for m in METRICS for t in (base, other)]
+               + [f"{m}_minus_default_{t}_beyond_spread" for m in METRICS for t in (base, other)])
     lines = [f"### {spec['title']}", "", spec.get("description", "").strip(), "",
              f"| sweep | setting | seeds | probe {base} | probe {other} | kNN {base} | "
              f"kNN {other} | {other} − {base} (beyond?) | vs default, {base} | "
@@ -67,7 +68,9 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                        + [x for m in METRICS for x in (round(r[f"{m}_change"], 2),
                                                        r[f"{m}_change_beyond"])]
                        + ["" if d is None else round(d, 2)
-                          for m in METRICS for d in r[f"{m}_vs_default"]])
+                          for m in METRICS for d in r[f"{m}_vs_default"]]
+                       + ["" if v is None else v
+                          for m in METRICS for v in r[f"{m}_vs_default_beyond"]])
             change = " / ".join(fmt(r[f"{m}_change"]) for m in METRICS) + " (" + " / ".join(
                 WORDS[r[f"{m}_change_beyond"]] for m in METRICS) + ")"
             vs = []
