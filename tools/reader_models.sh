@@ -41,10 +41,19 @@ case "${1:-}" in
     pilot)
         pretrain pilot-cifar "${CIFAR[@]}" --max-steps 100 --snapshot-epochs ""
         pretrain pilot-imagenette "${IMAGENETTE[@]}" --max-steps 40 --snapshot-epochs ""
-        for r in pilot-cifar pilot-imagenette; do
-            "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], \
-round(m['images_per_s']), 'images/s', m['precision'], m['provenance']['device_name'])" \
-                "$RUNS/$r/pretrain_metrics.json" "$r"
+        # images/s of each recipe, and what a session of HOURS (default 2.5) of training buys
+        for r in "pilot-cifar 50000 200" "pilot-imagenette 9469 400"; do
+            set -- $r
+            "$PY" - "$RUNS/$1/pretrain_metrics.json" "$1" "$2" "$3" "${HOURS:-2.5}" <<'PYEOF'
+import json, sys
+from mae.runtime import cpu_has_native_bf16
+m = json.load(open(sys.argv[1]))
+name, n, epochs, hours = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+rate = m["images_per_s"]
+print(f"{name}: {rate:.0f} images/s, {m['precision']}, {m['provenance']['device_name']}",
+      f"(native bf16: {cpu_has_native_bf16()}); the recipe's {epochs} epochs take",
+      f"{n * epochs / rate / 3600:.1f} h; {hours:g} h buy {hours * 3600 * rate / n:.0f} epochs")
+PYEOF
         done ;;
     cifar)
         pretrain cifar-256x8 "${CIFAR[@]}"
