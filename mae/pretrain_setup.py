@@ -207,6 +207,9 @@ def write_record(run: Run) -> dict[str, Any]:
     metrics = {
         "steps": stop, "total_steps": run.schedule.total, "epochs": stop / steps_per_epoch,
         "resumed_at_step": run.start,
+        # what earlier attempts of this run spent up to the checkpoint it resumed from (0 for a
+        # run that never stopped): a caller timing only this process adds them (ablation.ipynb)
+        "earlier_wall_time_s": run.wall_before, "earlier_cpu_time_s": run.cpu_before,
         "final_loss": float(np.mean([h["loss"] for h in done])) if done else float("nan"),
         "wall_time_s": wall, "images_per_s": stop * tc.batch_size / wall if wall else 0.0,
         "cpu_time_s": run.cpu_before + spent["cpu_time_s"], "other_load": spent["other_load"],

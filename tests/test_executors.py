@@ -105,6 +105,13 @@ def test_a_preempted_job_is_requeued_and_ends_with_the_uninterrupted_metrics(tmp
     assert (run_dir / "job.log").read_text().count("started on") == 2
     trained = json.loads((run_dir / "train" / "pretrain_metrics.json").read_text())
     assert 0 < trained["resumed_at_step"] < trained["steps"] == 48
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["resumed_at_step"] == trained["resumed_at_step"]
+    # The point's times include the attempt before the requeue, as its pre-training record's do
+    # (this process's clocks alone would start at the resume).
+    assert record["metrics"]["pretrain_wall_time_s"] >= trained["wall_time_s"] > 0
+    assert record["metrics"]["pretrain_cpu_time_s"] >= trained["cpu_time_s"] * 0.95
+    assert record["wall_time_s"] > record["metrics"]["pretrain_wall_time_s"]
     a = json.loads((tmp_path / "a" / run_dir.relative_to(tmp_path / "b") / "metrics.json")
                    .read_text())["metrics"]
     b = json.loads((run_dir / "metrics.json").read_text())["metrics"]

@@ -317,3 +317,28 @@ def test_snapshots_keep_the_model_at_the_chosen_epochs(tmp_path, cifar_train):
     for bad, message in (("25", "outside the schedule"), ("a,b", "comma-separated list")):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(epochs=1.0, snapshot_epochs=bad)
+
+
+def test_a_resumed_run_records_the_time_of_its_earlier_attempts(tmp_path):
+    """pretrain_metrics.json of a resumed run: wall and CPU time include what the checkpoint
+    carried from before the stop, and say how much that was (ablation.ipynb adds it to the
+    point's own clocks, which start at the resume)."""
+    from mae.checkpoint import load_checkpoint, save_checkpoint
+    from mae.data import ImageDataset
+    from mae.train import pretrain
+
+    images = torch.randint(0, 256, (32, 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    data = ImageDataset("synthetic", "train", images, torch.arange(32) % 4, ["a", "b", "c", "d"],
+                        (0.5,) * 3, (0.25,) * 3)
+    config = {"img_size": 16, "patch_size": 4, "encoder_dim": 32, "encoder_layers": 1,
+              "encoder_heads": 2, "decoder_dim": 16, "decoder_layers": 1, "decoder_heads": 2}
+    recipe = {"epochs": 2, "batch_size": 16, "max_steps": 1, "precision": "fp32"}
+    first = pretrain(config, recipe, tmp_path, dataset=data, progress=False, log=lambda _: None)
+    assert first.metrics["earlier_wall_time_s"] == first.metrics["earlier_cpu_time_s"] == 0
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")  # as if the first attempt had run an hour
+    save_checkpoint(tmp_path / "checkpoint.pt", {**ckpt, "wall_time": 3600.0, "cpu_time": 7000.0})
+    again = pretrain(config, {**recipe, "max_steps": 2}, tmp_path, resume=True, dataset=data,
+                     progress=False, log=lambda _: None).metrics
+    assert (again["earlier_wall_time_s"], again["earlier_cpu_time_s"]) == (3600.0, 7000.0)
+    assert 3600 < again["wall_time_s"] < 3700 and 7000 < again["cpu_time_s"] < 7100
