@@ -51,8 +51,34 @@ def collect_runs(results: Path, tier: dict[str, Any], log=print) -> tuple[dict, 
             if missing:
                 skip(path.parent, f"its metrics.json lacks {', '.join(missing)}")
                 continue
-            runs[path.parent.relative_to(results).as_posix()] = record
+            runs[path.parent.relative_to(results).as_posix()] = with_earlier_attempts(
+                record, path.parent / "train" / "pretrain_metrics.json")
     return runs, datasets, skipped
+
+
+def with_earlier_attempts(record: dict[str, Any], train_record: Path) -> dict[str, Any]:
+    """A point that was stopped and resumed, recorded before ablation.ipynb counted the attempts
+    before its last resume (its metrics.json has no ``resumed_at_step``): its training record
+    does count them, so its pre-training time is taken from there and the point's totals grow by
+    the difference. Other records are returned as they are."""
+    if "resumed_at_step" in record or not train_record.is_file():
+        return record
+    try:
+        train = json.loads(train_record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return record
+    if not isinstance(train, dict) or not train.get("resumed_at_step"):
+        return record
+    metrics, record = dict(record["metrics"]), dict(record)
+    for key, total in (("wall_time_s", "wall_time_s"), ("cpu_time_s", "cpu_time_s")):
+        own, carried = metrics.get(f"pretrain_{key}"), train.get(key)
+        if own is None or carried is None or carried <= own:
+            continue
+        metrics[f"pretrain_{key}"] = carried
+        if total in record:
+            record[total] = record[total] + carried - own
+    record["metrics"] = metrics
+    return record
 
 
 def remove_others(results: Path, sweeps: list[str], written: list[Path], log=print) -> None:

@@ -241,3 +241,24 @@ def test_the_summary_figure_holds_every_swept_setting_and_goes_with_its_runs(tmp
         matplotlib.axes.Axes.set_yticklabels, matplotlib.axes.Axes.plot = original, plot
     assert drawn["labels"] == ["decoder depth: 1", "random init"]
     assert plotted[0][0] == [pytest.approx(-4.5)]  # 65.5 - 70.0, the paper's same comparison
+
+
+def test_a_resumed_point_recorded_before_the_fix_gets_its_training_records_time(tmp_path):
+    """Its metrics.json timed only the last attempt; train/pretrain_metrics.json timed them all."""
+    from mae.runfolders import collect_runs
+    from mae.ablate import load_tier
+
+    results = tmp_path / "results"
+    run_dir = fake_run(results, "mask_ratio", "default")  # 6 s of pre-training, 12 s in all
+    (run_dir / "train").mkdir()
+    train = {"resumed_at_step": 8, "wall_time_s": 100.0, "cpu_time_s": 150.0}
+    (run_dir / "train" / "pretrain_metrics.json").write_text(json.dumps(train))
+    runs, _, _ = collect_runs(results, load_tier(ROOT, "smoke"), log=lambda _: None)
+    (record,) = runs.values()
+    assert record["metrics"]["pretrain_wall_time_s"] == 100.0 and record["wall_time_s"] == 106.0
+    record_file = json.loads((run_dir / "metrics.json").read_text())
+    assert record_file["metrics"]["pretrain_wall_time_s"] == 6.0  # the file is left as it was
+    record_file["resumed_at_step"] = 8  # recorded by the fixed notebook: taken as it is
+    (run_dir / "metrics.json").write_text(json.dumps(record_file))
+    runs, _, _ = collect_runs(results, load_tier(ROOT, "smoke"), log=lambda _: None)
+    assert next(iter(runs.values()))["metrics"]["pretrain_wall_time_s"] == 6.0
