@@ -158,14 +158,15 @@ def test_two_tiers_side_by_side_with_the_spread_rule(tmp_path):
     assert len(rows) == 1
     # 50 - 8 epochs: +8.5 beyond the spread; vs default: +0.5 (within) at 8, +4.0 (beyond) at 50
     assert "+8.5 / +8.5 (yes / yes) | +0.5 / +0.5 (no / no) | +4.0 / +4.0 (yes / yes) |" in rows[0]
-    import pandas as pd
-    frame = pd.read_csv(results / "tables" / "compare-schedule.csv").set_index("setting")
-    deep = frame.loc["decoder_layers=8"]  # the csv carries the same verdicts, for the chapter
+    import csv
+    with open(results / "tables" / "compare-schedule.csv") as f:
+        frame = {row["setting"]: row for row in csv.DictReader(f)}
+    deep = frame["decoder_layers=8"]  # the csv carries the same verdicts, for the chapter
     assert (deep["probe_top1_minus_default_cpu"], deep["probe_top1_minus_default_cpu-long"]) == (
-        0.5, 4.0)
-    assert not deep["probe_top1_minus_default_cpu_beyond_spread"]
-    assert deep["knn_top1_minus_default_cpu-long_beyond_spread"]
-    assert pd.isna(frame.loc["decoder_layers=2", "probe_top1_minus_default_cpu_beyond_spread"])
+        "0.5", "4.0")
+    assert deep["probe_top1_minus_default_cpu_beyond_spread"] == "False"
+    assert deep["knn_top1_minus_default_cpu-long_beyond_spread"] == "True"
+    assert frame["decoder_layers=2"]["probe_top1_minus_default_cpu_beyond_spread"] == ""
     assert not (results / "tables" / "compare-precision.md").exists()  # no cpu-bf16 runs
     assert (results / "figures" / "compare-schedule.png").stat().st_size > 10_000
     (results / "runs" / "cpu-long").rename(tmp_path / "aside")  # its runs gone: so is the table
