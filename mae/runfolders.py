@@ -70,13 +70,13 @@ def with_earlier_attempts(record: dict[str, Any], train_record: Path) -> dict[st
     if not isinstance(train, dict) or not train.get("resumed_at_step"):
         return record
     metrics, record = dict(record["metrics"]), dict(record)
-    for key, total in (("wall_time_s", "wall_time_s"), ("cpu_time_s", "cpu_time_s")):
+    for key in ("wall_time_s", "cpu_time_s"):
         own, carried = metrics.get(f"pretrain_{key}"), train.get(key)
         if own is None or carried is None or carried <= own:
             continue
         metrics[f"pretrain_{key}"] = carried
-        if total in record:
-            record[total] = record[total] + carried - own
+        if key in record:
+            record[key] += carried - own
     record["metrics"] = metrics
     return record
 
