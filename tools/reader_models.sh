@@ -5,7 +5,8 @@
 #
 #   RUNS=/work/runs nohup bash tools/reader_models.sh cifar > /work/runs/cifar.log 2>&1 &
 #   RUNS=/work/runs nohup bash tools/reader_models.sh imagenette > /work/runs/imagenette.log 2>&1 &
-#   bash tools/reader_models.sh pilot     # ~15 min: images/s of both recipes on this CPU, 1 epoch
+#   bash tools/reader_models.sh pilot     # ~2 min: images/s of both recipes on this CPU
+#   CIFAR_EPOCHS=60 CIFAR_SNAPSHOTS=8,16,32,60 bash tools/reader_models.sh cifar   # a session's run
 #
 # The recipes (why: the pilot on an AMD EPYC with native bf16, 2 threads, cpu tier's
 # 8 epochs: a 256-d x 8 encoder reached probe 57.2 (mean-pooled) / 52.6 (CLS) against micro's
@@ -25,8 +26,11 @@ PY="${PYTHON:-.venv/bin/python}"
 RUNS="${RUNS:-$(cd .. && pwd)/runs}"
 MODEL=(--preset micro --set encoder_dim=256 --set encoder_layers=8 --set encoder_heads=4
        --set decoder_dim=128 --set decoder_heads=4)
-CIFAR=(--dataset cifar10 --epochs 200 --warmup-epochs 10 --batch-size 256 --base-lr 1e-3
-       --snapshot-epochs 25,50,100,200 --checkpoint-every 200)
+# CIFAR_EPOCHS sizes the CIFAR run to a session (the pilot prints what HOURS buy); warm-up 1/20 of it
+CIFAR_EPOCHS="${CIFAR_EPOCHS:-200}"
+CIFAR_SNAPSHOTS="${CIFAR_SNAPSHOTS:-25,50,100,200}"
+CIFAR=(--dataset cifar10 --epochs "$CIFAR_EPOCHS" --warmup-epochs "$(( (CIFAR_EPOCHS + 19) / 20 ))"
+       --batch-size 256 --base-lr 1e-3 --snapshot-epochs "$CIFAR_SNAPSHOTS" --checkpoint-every 200)
 IMAGENETTE=(--dataset imagenette --set img_size=128 --set patch_size=16 --set norm_pix_loss=false
             --epochs 400 --warmup-epochs 20 --batch-size 256 --base-lr 1e-3
             --snapshot-epochs 50,100,200,400 --checkpoint-every 100)
