@@ -47,6 +47,10 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "0b7c27b80a4de8643e702a15bfcc8d70c75e39eb56c59f03f7bc8fb0f54dccde",
           "micro at 64 px / patch 8, 80 epochs of Imagenette, pixel target (pictures: "
           "chapters 6 and 9)"),
+    Entry("wide-cifar10", "wide-cifar10.pt",
+          "308f37c7a18cbfbe9b4fa81bc54c28bc7f4a697d63bedfbb1fcb54622cff6140",
+          "256-d x 8-block encoder, 64 epochs of CIFAR-10 under bf16 autocast, norm-pix target "
+          "(chapter 7)"),
 )}
 
 

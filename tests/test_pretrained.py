@@ -201,6 +201,40 @@ def test_committed_checkpoints_match_the_registry():
         assert configs["model"] == model.config.to_dict()
 
 
+def test_every_registered_model_downloads_into_a_copy_of_the_package(tmp_path):
+    """What a pip or Colab user gets: the package copied outside the checkout (so no
+    checkpoints/ beside it), an empty cache, each registered file downloaded from a server (here
+    127.0.0.1 serving the committed checkpoints/), its sha256 checked, then loaded."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(pretrained.__file__).parent, site / "mae",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import mae\n"
+            "from mae import pretrained\n"
+            "assert not pretrained.checkout_dir().exists(), pretrained.checkout_dir()\n"
+            "for name in pretrained.names():\n"
+            "    model, configs = pretrained.load(name)\n"
+            "    assert configs['model'] == model.config.to_dict()\n"
+            "    print(name, pretrained.path(name, download=False), mae.__file__)\n")
+    with serving(pretrained.checkout_dir()) as url:
+        env = {**os.environ, "PYTHONPATH": str(site), "MAE_CACHE": str(tmp_path / "cache"),
+               "MAE_CHECKPOINT_URL": url}
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
+                              capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == pretrained.names()
+    for line in lines:
+        name, file, module = line.split()
+        assert file == str(tmp_path / "cache" / pretrained.REGISTRY[name].file)
+        assert module.startswith(str(site))  # the copy, not the checkout's package
+        assert pretrained.sha256(file) == pretrained.REGISTRY[name].sha256
+
+
 def test_official_weights_from_a_url_load_into_the_same_model(tmp_path, monkeypatch):
     """The released-weights page's path: an official-format file (random weights, converted
     with mae.convert.to_official) served on 127.0.0.1, downloaded, cached and converted back."""

@@ -1,8 +1,9 @@
 """The README's table of trained models, generated from the records that ship with them.
 
 Each row comes from ``checkpoints/<name>.json`` (the model, the run that trained it, the file's
-size) and, where the model was evaluated, from ``results/runs/reader/<name>/frozen.json`` (linear
-probe and kNN on frozen CLS features, the full test set). ``python tools/readme_models.py``
+size) and, where the model was evaluated, from ``results/runs/reader/<name>/frozen.json`` and
+``frozen-mean.json`` (linear probe and kNN on frozen CLS features and on the mean of the patch
+tokens, the full test set). ``python tools/readme_models.py``
 rewrites the table in README.md; ``tests/test_book.py`` checks it is up to date.
 """
 
@@ -18,6 +19,7 @@ HEADER = ("| name | model | trained | time | frozen features (test set) | size |
           "| --- | --- | --- | --- | --- | --- | --- |\n")
 # What each model is for in the book: the one column no record holds.
 USE = {"micro-cifar10": "chapters 6-7: features",
+       "wide-cifar10": "chapter 7: features, a wider encoder trained longer",
        "micro-imagenette-pixels": "chapters 6 and 9: pictures"}
 DATASETS = {"cifar10": "CIFAR-10", "imagenette": "Imagenette"}
 
@@ -36,14 +38,16 @@ def row(name: str) -> str:
                f"{record['config']['train']['batch_size']}, final loss {run['final_loss']:.3f}")
     time = (f"{run['wall_time_s'] / 60:.0f} min wall, {run['cpu_time_s'] / 60:.0f} CPU-min on "
             f"{run['provenance']['device_name']}")
-    frozen = ROOT / "results" / "runs" / "reader" / name / "frozen.json"
-    if frozen.is_file():
-        scores = json.loads(frozen.read_text())
-        features = (f"linear probe {scores['probe_top1']:.1f} %, kNN {scores['knn_top1']:.1f} % "
-                    f"({scores['eval']['features'].upper()} features, "
-                    f"{DATASETS.get(scores['data']['name'], scores['data']['name'])})")
-    else:
-        features = "not evaluated"
+    scored = []
+    for file in ("frozen.json", "frozen-mean.json"):
+        found = ROOT / "results" / "runs" / "reader" / name / file
+        if found.is_file():
+            scores = json.loads(found.read_text())
+            data = DATASETS.get(scores["data"]["name"], scores["data"]["name"])
+            scored.append(f"linear probe {scores['probe_top1']:.1f} %, kNN "
+                          f"{scores['knn_top1']:.1f} % ({scores['eval']['features'].upper()} "
+                          f"features, {data})")
+    features = "; ".join(scored) or "not evaluated"
     size = f"{record['bytes'] / 1e6:.1f} MB"
     return f"| `{name}` | {what} | {trained} | {time} | {features} | {size} | {USE[name]} |\n"
 
