@@ -137,10 +137,8 @@ def test_a_pretraining_job_of_two_tasks_trains_as_one_process(tmp_path):
     environment by submitit (here 2 CPU tasks, gloo) == one process, as under torchrun."""
     import subprocess
 
-    import torch
-
     from mae.checkpoint import load_checkpoint
-    from test_train import cli, train_flags
+    from test_train import assert_same_training, cli, train_flags
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     flags = train_flags(epochs=0.5, checkpoint_every=0)  # 4 steps
@@ -155,8 +153,7 @@ def test_a_pretraining_job_of_two_tasks_trains_as_one_process(tmp_path):
     a = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "job" / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-5)
+    assert_same_training(a, b)
     again = subprocess.run(cli(*flags, f"--out={tmp_path / 'job'}", "--executor", "slurm",
                                "--cluster", "local"), env=env, capture_output=True, text=True,
                            cwd=ROOT)
@@ -208,7 +205,7 @@ def test_a_failed_job_is_one_line_naming_its_error(tmp_path):
 @pytest.mark.slow
 @needs_cifar
 def test_a_failed_pretraining_job_ends_in_one_line(tmp_path):
-    from test_train import cli, train_flags
+    from test_train import assert_same_training, cli, train_flags
 
     run = subprocess.run(cli(*train_flags(), f"--out={tmp_path / 'job'}", "--executor", "slurm",
                              "--cluster", "local", f"--data-root={tmp_path / 'nodata'}"),

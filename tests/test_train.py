@@ -33,6 +33,26 @@ def train_flags(**overrides) -> list[str]:
     return [f"--{k.replace('_', '-')}={v}" for k, v in {**TRAIN, **overrides}.items()]
 
 
+def assert_same_training(a, b):
+    """Two checkpoints of the same 4 steps, one computed in one process and one with the batch
+    split over 2 ranks: the gradients are summed in another order, so they agree to float32
+    rounding, and so do the weights, except for coordinates whose gradient is near zero: AdamW
+    moves each by about lr * g / (|g| + eps) per step, so there the order of summation can move
+    it by up to that step's learning rate (on an Intel Xeon with AMX, 1 of 96 entries of one
+    tensor by 1.1e-5). Such coordinates are allowed, few and within the summed learning rates;
+    everything else, and every step's loss, within 1e-5."""
+    import torch
+
+    assert a["step"] == b["step"]
+    budget = sum(h["lr"] for h in a["history"])
+    for key in a["model"]:
+        diff = (a["model"][key].float() - b["model"][key].float()).abs()
+        assert diff.max().item() <= budget, (key, diff.max().item(), budget)
+        assert (diff > 1e-5).float().mean().item() <= 0.02, (key, diff.max().item())
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+
+
 def test_lr_schedule_warmup_then_cosine():
     lrs = [lr_at(s, 100, 10, 1.0, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -112,10 +132,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     a = load_checkpoint(single / "checkpoint.pt")
     b = load_checkpoint(ddp / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-5)
-    for x, y in zip(a["history"], b["history"]):
-        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+    assert_same_training(a, b)
     metrics = json.loads((ddp / "pretrain_metrics.json").read_text())
     assert metrics["world_size"] == 2
 
