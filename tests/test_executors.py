@@ -205,7 +205,7 @@ def test_a_failed_job_is_one_line_naming_its_error(tmp_path):
 @pytest.mark.slow
 @needs_cifar
 def test_a_failed_pretraining_job_ends_in_one_line(tmp_path):
-    from test_train import assert_same_training, cli, train_flags
+    from test_train import cli, train_flags
 
     run = subprocess.run(cli(*train_flags(), f"--out={tmp_path / 'job'}", "--executor", "slurm",
                              "--cluster", "local", f"--data-root={tmp_path / 'nodata'}"),

@@ -6,7 +6,7 @@
 #   RUNS=/work/runs nohup bash tools/reader_models.sh cifar > /work/runs/cifar.log 2>&1 &
 #   RUNS=/work/runs nohup bash tools/reader_models.sh imagenette > /work/runs/imagenette.log 2>&1 &
 #   bash tools/reader_models.sh pilot     # ~2 min: images/s of both recipes on this CPU
-#   CIFAR_EPOCHS=60 CIFAR_SNAPSHOTS=8,16,32,60 bash tools/reader_models.sh cifar   # a session's run
+#   CIFAR_EPOCHS=64 CIFAR_SNAPSHOTS=8,16,32,64 bash tools/reader_models.sh cifar   # wide-cifar10
 #
 # The recipes (why: the pilot on an AMD EPYC with native bf16, 2 threads, cpu tier's
 # 8 epochs: a 256-d x 8 encoder reached probe 57.2 (mean-pooled) / 52.6 (CLS) against micro's
