@@ -7,6 +7,7 @@
 #   RUNS=/work/runs nohup bash tools/reader_models.sh imagenette > /work/runs/imagenette.log 2>&1 &
 #   bash tools/reader_models.sh pilot     # ~2 min: images/s of both recipes on this CPU
 #   CIFAR_EPOCHS=64 CIFAR_SNAPSHOTS=8,16,32,64 bash tools/reader_models.sh cifar   # wide-cifar10
+#   IMAGENETTE_EPOCHS=200 IMAGENETTE_SNAPSHOTS=25,50,100,200 bash tools/reader_models.sh imagenette
 #
 # The recipes (why: the issue's pilot on an AMD EPYC with native bf16, 2 threads, cpu tier's
 # 8 epochs: a 256-d x 8 encoder reached probe 57.2 (mean-pooled) / 52.6 (CLS) against micro's
@@ -31,9 +32,13 @@ CIFAR_EPOCHS="${CIFAR_EPOCHS:-200}"
 CIFAR_SNAPSHOTS="${CIFAR_SNAPSHOTS:-25,50,100,200}"
 CIFAR=(--dataset cifar10 --epochs "$CIFAR_EPOCHS" --warmup-epochs "$(( (CIFAR_EPOCHS + 19) / 20 ))"
        --batch-size 256 --base-lr 1e-3 --snapshot-epochs "$CIFAR_SNAPSHOTS" --checkpoint-every 200)
+# IMAGENETTE_EPOCHS likewise (the issue asks 400; a 3-hour session on 2 cores buys about 200)
+IMAGENETTE_EPOCHS="${IMAGENETTE_EPOCHS:-400}"
+IMAGENETTE_SNAPSHOTS="${IMAGENETTE_SNAPSHOTS:-50,100,200,400}"
 IMAGENETTE=(--dataset imagenette --set img_size=128 --set patch_size=16 --set norm_pix_loss=false
-            --epochs 400 --warmup-epochs 20 --batch-size 256 --base-lr 1e-3
-            --snapshot-epochs 50,100,200,400 --checkpoint-every 100)
+            --epochs "$IMAGENETTE_EPOCHS" --warmup-epochs "$(( (IMAGENETTE_EPOCHS + 19) / 20 ))"
+            --batch-size 256 --base-lr 1e-3 --snapshot-epochs "$IMAGENETTE_SNAPSHOTS"
+            --checkpoint-every 100)
 
 pretrain() {  # name, recipe...: resume if the folder holds a run
     local out="$RUNS/$1"; shift
