@@ -8,7 +8,7 @@ import torch
 from conftest import SMALL
 from mae import MAE
 from mae.data import DataError, ImageDataset
-from mae.quality import hidden_pixel_error
+from mae.quality import hidden_pixel_error, hidden_pixel_errors
 
 
 def dataset(images: torch.Tensor) -> ImageDataset:
@@ -37,6 +37,21 @@ def test_masks_come_from_the_seed_alone_and_the_size_is_where_pixels_are_compare
     assert at_64["size"] == 64 and at_64["mean_colour_mse"] != a["mean_colour_mse"]
 
 
+def test_several_sizes_from_one_pass_equal_one_size_at_a_time():
+    images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(5))
+    model, data = MAE(SMALL), dataset(images)
+    both = hidden_pixel_errors(model, data, [64, 32], seed=2, batch_size=4)
+    # every image has as many hidden pixels, so the mean of the images' errors is the error
+    assert sum(both[0]["per_image_mse"]) / 6 == pytest.approx(both[0]["mse"], rel=1e-6)
+    for got in both:
+        alone = hidden_pixel_error(model, data, seed=2, size=got["size"])
+        assert got.pop("per_image_mse") == pytest.approx(alone.pop("per_image_mse"), rel=1e-5)
+        assert got == pytest.approx(alone, rel=1e-6)
+    with pytest.raises(ValueError, match="give each resolution once"):
+        hidden_pixel_errors(model, data, [32, 32])
+
+
 def test_the_trained_picture_model_beats_the_mean_colour_fill():
     import mae.pretrained
     from mae.data import load_dataset
@@ -48,3 +63,4 @@ def test_the_trained_picture_model_beats_the_mean_colour_fill():
         pytest.skip(f"Imagenette not available: {e}")
     got = hidden_pixel_error(model, val)
     assert got["mse"] < 0.9 * got["mean_colour_mse"]
+
