@@ -45,12 +45,16 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "micro, 50 epochs of CIFAR-10, norm-pix target (chapters 6-7)"),
     Entry("micro-imagenette-pixels", "micro-imagenette-pixels.pt",
           "0b7c27b80a4de8643e702a15bfcc8d70c75e39eb56c59f03f7bc8fb0f54dccde",
-          "micro at 64 px / patch 8, 80 epochs of Imagenette, pixel target (pictures: "
-          "chapters 6 and 9)"),
+          "micro at 64 px / patch 8, 80 epochs of Imagenette, pixel target (the first picture "
+          "model: chapter 6 compares)"),
     Entry("wide-cifar10", "wide-cifar10.pt",
           "308f37c7a18cbfbe9b4fa81bc54c28bc7f4a697d63bedfbb1fcb54622cff6140",
           "256-d x 8-block encoder, 64 epochs of CIFAR-10 under bf16 autocast, norm-pix target "
           "(chapter 7)"),
+    Entry("wide-imagenette-pixels", "wide-imagenette-pixels.pt",
+          "65556a44a47a1258978ffe25ddead2c6b80029fc6297b149c86f44a94d6d9820",
+          "256-d x 8-block encoder at 128 px / patch 16, 200 epochs of Imagenette under bf16 "
+          "autocast, pixel target (pictures: chapters 6 and 9, the released-weights page)"),
 )}
 
 

@@ -64,3 +64,19 @@ def test_the_trained_picture_model_beats_the_mean_colour_fill():
     got = hidden_pixel_error(model, val)
     assert got["mse"] < 0.9 * got["mean_colour_mse"]
 
+
+def test_the_wide_picture_model_beats_the_first_one_on_the_same_hidden_patches():
+    import mae.pretrained
+    from mae.data import load_dataset
+
+    wide, _ = mae.pretrained.load("wide-imagenette-pixels")
+    first, _ = mae.pretrained.load("micro-imagenette-pixels")
+    try:
+        val = load_dataset("imagenette", "test", img_size=wide.config.img_size).subset(128)
+    except DataError as e:
+        pytest.skip(f"Imagenette not available: {e}")
+    new, old = (hidden_pixel_error(m, val, size=64) for m in (wide, first))
+    assert new["mean_colour_mse"] == old["mean_colour_mse"]  # the same hidden patches
+    assert new["mse"] < 0.95 * old["mse"] and new["mse"] < 0.5 * new["mean_colour_mse"]
+    better = sum(a < b for a, b in zip(new["per_image_mse"], old["per_image_mse"]))
+    assert better > 0.7 * len(val)

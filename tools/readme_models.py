@@ -20,7 +20,8 @@ HEADER = ("| name | model | trained | time | frozen features (test set) | size |
 # What each model is for in the book: the one column no record holds.
 USE = {"micro-cifar10": "chapters 6-7: features",
        "wide-cifar10": "chapter 7: features, a wider encoder trained longer",
-       "micro-imagenette-pixels": "chapters 6 and 9: pictures"}
+       "wide-imagenette-pixels": "chapters 6 and 9, the released-weights page: pictures",
+       "micro-imagenette-pixels": "chapter 6: the first picture model, for comparison"}
 DATASETS = {"cifar10": "CIFAR-10", "imagenette": "Imagenette"}
 
 
