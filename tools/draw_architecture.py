@@ -3,8 +3,8 @@
     MAE_DATA=../shared/data .venv/bin/python tools/draw_architecture.py
 
 writes book/figures/architecture.svg and .png. The pictures in it are real: an Imagenette
-validation image at 64 px, masked at 75 %, and the reconstruction of the reader checkpoint
-``micro-imagenette-pixels`` (chapter 6), so the figure shows what the model does, not a sketch.
+validation image at 128 px, masked at 75 %, and the reconstruction of the reader checkpoint
+``wide-imagenette-pixels`` (chapter 6), so the figure shows what the model does, not a sketch.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def column(ax, x, y0, h, items, w=0.32):
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model, _ = mae.pretrained.load("micro-imagenette-pixels")
+    model, _ = mae.pretrained.load("wide-imagenette-pixels")
     model.eval()
     c = model.config
     data = load_dataset("imagenette", "test", img_size=c.img_size)
