@@ -44,10 +44,10 @@ def row(name: str) -> str:
         found = ROOT / "results" / "runs" / "reader" / name / file
         if found.is_file():
             scores = json.loads(found.read_text())
-            data = DATASETS.get(scores["data"]["name"], scores["data"]["name"])
+            tested_on = DATASETS.get(scores["data"]["name"], scores["data"]["name"])
             scored.append(f"linear probe {scores['probe_top1']:.1f} %, kNN "
                           f"{scores['knn_top1']:.1f} % ({scores['eval']['features'].upper()} "
-                          f"features, {data})")
+                          f"features, {tested_on})")
     features = "; ".join(scored) or "not evaluated"
     size = f"{record['bytes'] / 1e6:.1f} MB"
     return f"| `{name}` | {what} | {trained} | {time} | {features} | {size} | {USE[name]} |\n"
