@@ -175,6 +175,23 @@ def test_two_tiers_side_by_side_with_the_spread_rule(tmp_path):
     assert not (results / "figures" / "compare-schedule.png").exists()
 
 
+def test_the_comparison_csv_rounds_to_the_markdown_figure(tmp_path):
+    """A change of 2.945 points is +2.9 in the markdown table; the csv, read and printed to one
+    decimal as chapter 8 does, must say the same (rounded twice, it said +3.0)."""
+    import csv
+
+    results = tmp_path / "results"
+    for seed, (short, long) in enumerate([(50.0, 52.945), (51.0, 53.945), (49.0, 51.945)]):
+        fake_run(results, "decoder_depth", "default", seed, short, tier="cpu")
+        fake_run(results, "decoder_depth", "default", seed, long, tier="cpu-long")
+    report(results, ROOT, log=lambda _: None)
+    md = (results / "tables" / "compare-schedule.md").read_text()
+    assert "| +2.9 / +2.9 (yes / yes) |" in md
+    with open(results / "tables" / "compare-schedule.csv") as f:
+        (row,) = [r for r in csv.DictReader(f) if r["setting"] == "decoder_layers=2"]
+    assert f"{float(row['probe_top1_change']):+.1f}" == "+2.9"
+
+
 def test_the_comparison_figure_bars_are_the_spread_rule():
     from mae.tally import beyond_spread, spread_bar
 
