@@ -16,7 +16,7 @@ from .ablate import load_tier, load_yaml, sweep_names
 from .config import ConfigError, unknown_key_error
 from .figures import comparison_figure
 from .files import write_text_atomic
-from .tally import beyond_spread, cell, compare_with_default, sweep_rows
+from .tally import beyond_spread, cell, compare_with_default, signed, sweep_rows
 
 METRICS = ("probe_top1", "knn_top1")
 WORDS = {True: "yes", False: "no", None: "n/a"}
@@ -62,7 +62,6 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
              f"vs default, {other} |", "|" + "---|" * 10]
     for sweep, rows in sections.items():
         for r in rows:
-            fmt = "{:+.1f}".format
             # 4 decimals, as the runs tables: a reader rounding the csv to one decimal gets
             # the markdown's figure (2 decimals made 2.945 into 2.95, then 3.0 against 2.9)
             w.writerow([sweep, r["setting"], *r["seeds"]]
@@ -73,16 +72,17 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                           for m in METRICS for d in r[f"{m}_vs_default"]]
                        + ["" if v is None else v
                           for m in METRICS for v in r[f"{m}_vs_default_beyond"]])
-            change = " / ".join(fmt(r[f"{m}_change"]) for m in METRICS) + " (" + " / ".join(
+            change = " / ".join(signed(r[f"{m}_change"]) for m in METRICS) + " (" + " / ".join(
                 WORDS[r[f"{m}_change_beyond"]] for m in METRICS) + ")"
             vs = []
             for i in (0, 1):
                 if r["point"] == "default":
                     vs.append("(reference)")
                     continue
-                diffs = [r[f"{m}_vs_default"][i] for m in METRICS]
-                vs.append(" / ".join("–" if d is None else fmt(d) for d in diffs) + " (" + " / ".join(
-                    WORDS[r[f"{m}_vs_default_beyond"][i]] for m in METRICS) + ")")
+                diffs = " / ".join("–" if r[f"{m}_vs_default"][i] is None
+                                   else signed(r[f"{m}_vs_default"][i]) for m in METRICS)
+                words = " / ".join(WORDS[r[f"{m}_vs_default_beyond"][i]] for m in METRICS)
+                vs.append(f"{diffs} ({words})")
             lines.append(f"| {sweep} | {r['setting']} | {r['seeds'][0]} / {r['seeds'][1]} | "
                          + " | ".join(cell(r[m][i]) for m in METRICS for i in (0, 1))
                          + f" | {change} | {vs[0]} | {vs[1]} |")

@@ -17,7 +17,7 @@ from .config import ConfigError
 from .figures import summary_figure, sweep_figure
 from .provenance import write_text_atomic
 from .runfolders import collect_runs, remove_others
-from .tally import SPREAD_RULE, beyond_spread, cell, compare_with_default, sweep_rows
+from .tally import SPREAD_RULE, beyond_spread, cell, compare_with_default, signed, sweep_rows
 
 __all__ = ["SPREAD_RULE", "beyond_spread", "report"]
 
@@ -98,11 +98,6 @@ def report(results: Path | None = None, root: Path | None = None, log=print) -> 
                f"(e.g. {skipped[0]})" if skipped else "")
             + " (see above): fix or move them and run report again.")
     return written
-
-
-def signed(value: float) -> str:
-    """'+1.2', '-0.4', and '0.0' for what rounds to zero (never '-0.0')."""
-    return "0.0" if round(value, 1) == 0 else f"{value:+.1f}"
 
 
 def _verdict(row) -> str:

@@ -31,6 +31,11 @@ def beyond_spread(stat, seeds: int, ref, ref_seeds: int) -> bool | None:
     return None if bar is None else abs(stat[0] - ref[0]) > bar
 
 
+def signed(value: float) -> str:
+    """'+1.2', '-0.4', and '0.0' for what rounds to zero (never '-0.0')."""
+    return "0.0" if round(value, 1) == 0 else f"{value:+.1f}"
+
+
 def cell(stat, digits: int = 1) -> str:
     """'50.8 ± 0.6' (the mean alone when the std is 0, '' for no value). Non-breaking spaces: a
     narrow table column wraps between a cell's words, never inside '50.8 ± 0.6'."""

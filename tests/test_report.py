@@ -192,6 +192,21 @@ def test_the_comparison_csv_rounds_to_the_markdown_figure(tmp_path):
     assert f"{float(row['probe_top1_change']):+.1f}" == "+2.9"
 
 
+def test_the_comparison_table_never_prints_minus_zero(tmp_path):
+    """A setting 0.04 points below its default is '0.0' in the schedule table, as in the
+    sweep tables, not '-0.0' (which reads as a loss)."""
+    results = tmp_path / "results"
+    for seed, value in enumerate([50.0, 51.0, 49.0]):
+        fake_run(results, "decoder_depth", "default", seed, value, tier="cpu")
+        fake_run(results, "decoder_depth", "decoder_layers=8", seed, value - 0.04, tier="cpu")
+        fake_run(results, "decoder_depth", "default", seed, value + 3, tier="cpu-long")
+    fake_run(results, "decoder_depth", "decoder_layers=8", 0, 53.96, tier="cpu-long")
+    report(results, ROOT, log=lambda _: None)
+    md = (results / "tables" / "compare-schedule.md").read_text()
+    (row,) = [line for line in md.splitlines() if "| decoder_layers=8 |" in line]
+    assert "-0.0" not in row and "| 0.0 / 0.0 (no / no) |" in row, row
+
+
 def test_the_comparison_figure_bars_are_the_spread_rule():
     from mae.tally import beyond_spread, spread_bar
 
