@@ -161,7 +161,9 @@ def comparison_figure(path: Path, spec: dict[str, Any],
                             label=tier)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(settings)))
-        ax.set_xticklabels([r["setting"].replace("=", "\n") for r in settings], fontsize=8)
+        # "decoder\nlayers\n8": narrow enough for three or more settings side by side
+        ax.set_xticklabels([r["setting"].replace("=", "\n").replace("_", "\n") for r in settings],
+                           fontsize=8)
         ax.set_title(name, fontsize=10)
     axes[0].set_ylabel("difference from the tier's default (points)")
     axes[0].legend(fontsize=8, frameon=False)
