@@ -16,7 +16,8 @@ from .ablate import load_tier, load_yaml, sweep_names
 from .config import ConfigError, unknown_key_error
 from .figures import comparison_figure
 from .files import write_text_atomic
-from .tally import beyond_spread, cell, compare_with_default, signed, sweep_rows
+from .tally import (LENT, LENT_NOTE, beyond_spread, cell, compare_with_default, lent, signed,
+                    sweep_rows)
 
 METRICS = ("probe_top1", "knn_top1")
 WORDS = {True: "yes", False: "no", None: "n/a"}
@@ -60,6 +61,7 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
              f"| sweep | setting | seeds | probe {base} | probe {other} | kNN {base} | "
              f"kNN {other} | {other} − {base} (beyond?) | vs default, {base} | "
              f"vs default, {other} |", "|" + "---|" * 10]
+    marked = False
     for sweep, rows in sections.items():
         for r in rows:
             # 4 decimals, as the runs tables: a reader rounding the csv to one decimal gets
@@ -73,7 +75,9 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                        + ["" if v is None else v
                           for m in METRICS for v in r[f"{m}_vs_default_beyond"]])
             change = " / ".join(signed(r[f"{m}_change"]) for m in METRICS) + " (" + " / ".join(
-                WORDS[r[f"{m}_change_beyond"]] for m in METRICS) + ")"
+                WORDS[r[f"{m}_change_beyond"]] for m in METRICS) + ")" + lent(
+                r["seeds"][1], [r[f"{m}_change_beyond"] for m in METRICS])
+            marked = marked or LENT in change
             vs = []
             for i in (0, 1):
                 if r["point"] == "default":
@@ -82,13 +86,16 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                 diffs = " / ".join("–" if r[f"{m}_vs_default"][i] is None
                                    else signed(r[f"{m}_vs_default"][i]) for m in METRICS)
                 words = " / ".join(WORDS[r[f"{m}_vs_default_beyond"][i]] for m in METRICS)
-                vs.append(f"{diffs} ({words})")
+                vs.append(f"{diffs} ({words})" + lent(
+                    r["seeds"][i], [r[f"{m}_vs_default_beyond"][i] for m in METRICS]))
+                marked = marked or LENT in vs[-1]
             lines.append(f"| {sweep} | {r['setting']} | {r['seeds'][0]} / {r['seeds'][1]} | "
                          + " | ".join(cell(r[m][i]) for m in METRICS for i in (0, 1))
                          + f" | {change} | {vs[0]} | {vs[1]} |")
     lines += ["", "Probe / kNN top-1 %, mean ± sample std over seeds. Differences are probe / kNN "
               "points, with the spread rule's verdict in brackets (the report's rule: beyond the "
-              "spread when the difference of means exceeds twice the larger std).", ""]
+              "spread when the difference of means exceeds twice the larger std)."]
+    lines += ([LENT_NOTE] if marked else []) + [""]
     tables = results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     paths = [tables / f"compare-{name}.csv", tables / f"compare-{name}.md"]

@@ -17,7 +17,8 @@ from .config import ConfigError
 from .figures import summary_figure, sweep_figure
 from .provenance import write_text_atomic
 from .runfolders import collect_runs, remove_others
-from .tally import SPREAD_RULE, beyond_spread, cell, compare_with_default, signed, sweep_rows
+from .tally import (LENT, LENT_NOTE, SPREAD_RULE, beyond_spread, cell, compare_with_default, lent,
+                    signed, sweep_rows)
 
 __all__ = ["SPREAD_RULE", "beyond_spread", "report"]
 
@@ -107,7 +108,9 @@ def _verdict(row) -> str:
     words = {True: "yes", False: "no", None: "n/a"}
     diffs = " / ".join("–" if row[f"d_{m}"] is None else signed(row[f"d_{m}"])
                        for m in ("probe_top1", "knn_top1"))
-    return f"{diffs} ({words[row['beyond_probe_top1']]} / {words[row['beyond_knn_top1']]})"
+    verdicts = (row["beyond_probe_top1"], row["beyond_knn_top1"])
+    return (f"{diffs} ({words[verdicts[0]]} / {words[verdicts[1]]})"
+            + lent(row["seeds"], verdicts))
 
 
 def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Path]:
@@ -179,6 +182,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
                  "the same way, without pre-training." if baseline else "")
               + " Minutes: wall-clock minutes of pre-training / CPU-minutes of the whole point "
                 "(pre-training and evaluation, mean over the seeds that recorded it).",
+              *([LENT_NOTE] if any(LENT in _verdict(r) for r in rows) else []),
               f"Paper: {spec['paper_source'].strip().rstrip('.')}.",
               f"Runs: {len(all_runs)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]

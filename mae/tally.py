@@ -17,6 +17,16 @@ SPREAD_RULE = (
 )
 
 
+LENT = "\u2020"
+LENT_NOTE = (f"{LENT} One seed, so no spread of its own: the verdict uses the spread of the point "
+             "it is compared with, and a second seed can overturn it.")
+
+
+def lent(seeds: int, verdicts) -> str:
+    """`LENT` where a verdict stands on one seed (its bar borrowed from the reference), else ''."""
+    return LENT if seeds == 1 and any(v is not None for v in verdicts) else ""
+
+
 def spread_bar(stat, seeds: int, ref, ref_seeds: int) -> float | None:
     """How far apart two means must be to differ beyond the spread (`SPREAD_RULE`): twice the
     larger std. None where the rule cannot be applied."""

@@ -207,6 +207,30 @@ def test_the_comparison_table_never_prints_minus_zero(tmp_path):
     assert "-0.0" not in row and "| 0.0 / 0.0 (no / no) |" in row, row
 
 
+def test_a_verdict_on_one_seed_is_marked_where_it_is_read(tmp_path):
+    """A one-seed setting has no spread of its own: its verdict uses the default's, and both the
+    sweep table and the schedule table mark it (with a footnote saying so), not the others."""
+    from mae.tally import LENT, LENT_NOTE
+
+    results = tmp_path / "results"
+    for seed, value in enumerate([50.0, 51.0, 49.0]):
+        for tier, shift in (("cpu", 0), ("cpu-long", 3)):
+            fake_run(results, "decoder_depth", "default", seed, value + shift, tier=tier)
+        fake_run(results, "decoder_depth", "decoder_layers=1", seed, value, tier="cpu")
+    fake_run(results, "decoder_depth", "decoder_layers=1", 0, 57.0, tier="cpu-long")
+    report(results, ROOT, log=lambda _: None)
+    sweep = (results / "tables" / "decoder_depth-cpu-long.md").read_text()
+    (row,) = [line for line in sweep.splitlines() if line.startswith("| decoder_layers=1 |")]
+    assert f"| +4.0 / +4.0 (yes / yes){LENT} |" in row, row
+    assert LENT_NOTE in sweep.splitlines()
+    schedule = (results / "tables" / "compare-schedule.md").read_text()
+    (row,) = [line for line in schedule.splitlines() if "| decoder_layers=1 |" in line]
+    assert row.endswith(f"| 0.0 / 0.0 (no / no) | +4.0 / +4.0 (yes / yes){LENT} |"), row
+    assert LENT_NOTE in schedule.splitlines()
+    # Three seeds at the cpu tier: nothing marked, no footnote.
+    assert LENT not in (results / "tables" / "decoder_depth-cpu.md").read_text()
+
+
 def test_the_comparison_figure_bars_are_the_spread_rule():
     from mae.tally import beyond_spread, spread_bar
 
