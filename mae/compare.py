@@ -61,7 +61,6 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
              f"| sweep | setting | seeds | probe {base} | probe {other} | kNN {base} | "
              f"kNN {other} | {other} − {base} (beyond?) | vs default, {base} | "
              f"vs default, {other} |", "|" + "---|" * 10]
-    marked = False
     for sweep, rows in sections.items():
         for r in rows:
             # 4 decimals, as the runs tables: a reader rounding the csv to one decimal gets
@@ -77,7 +76,6 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
             change = " / ".join(signed(r[f"{m}_change"]) for m in METRICS) + " (" + " / ".join(
                 WORDS[r[f"{m}_change_beyond"]] for m in METRICS) + ")" + lent(
                 r["seeds"][1], [r[f"{m}_change_beyond"] for m in METRICS])
-            marked = marked or LENT in change
             vs = []
             for i in (0, 1):
                 if r["point"] == "default":
@@ -88,14 +86,13 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
                 words = " / ".join(WORDS[r[f"{m}_vs_default_beyond"][i]] for m in METRICS)
                 vs.append(f"{diffs} ({words})" + lent(
                     r["seeds"][i], [r[f"{m}_vs_default_beyond"][i] for m in METRICS]))
-                marked = marked or LENT in vs[-1]
             lines.append(f"| {sweep} | {r['setting']} | {r['seeds'][0]} / {r['seeds'][1]} | "
                          + " | ".join(cell(r[m][i]) for m in METRICS for i in (0, 1))
                          + f" | {change} | {vs[0]} | {vs[1]} |")
     lines += ["", "Probe / kNN top-1 %, mean ± sample std over seeds. Differences are probe / kNN "
               "points, with the spread rule's verdict in brackets (the report's rule: beyond the "
               "spread when the difference of means exceeds twice the larger std)."]
-    lines += ([LENT_NOTE] if marked else []) + [""]
+    lines += ([LENT_NOTE] if any(LENT in line for line in lines) else []) + [""]
     tables = results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     paths = [tables / f"compare-{name}.csv", tables / f"compare-{name}.md"]

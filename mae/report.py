@@ -182,7 +182,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
                  "the same way, without pre-training." if baseline else "")
               + " Minutes: wall-clock minutes of pre-training / CPU-minutes of the whole point "
                 "(pre-training and evaluation, mean over the seeds that recorded it).",
-              *([LENT_NOTE] if any(LENT in _verdict(r) for r in rows) else []),
+              *([LENT_NOTE] if any(LENT in line for line in lines) else []),
               f"Paper: {spec['paper_source'].strip().rstrip('.')}.",
               f"Runs: {len(all_runs)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]
