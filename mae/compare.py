@@ -16,7 +16,7 @@ from .ablate import load_tier, load_yaml, sweep_names
 from .config import ConfigError, unknown_key_error
 from .figures import comparison_figure
 from .files import write_text_atomic
-from .tally import (LENT, LENT_NOTE, beyond_spread, cell, compare_with_default, lent, signed,
+from .tally import (beyond_spread, cell, compare_with_default, lent, lent_note, signed,
                     sweep_rows)
 
 METRICS = ("probe_top1", "knn_top1")
@@ -92,7 +92,7 @@ def write_comparison(results: Path, name: str, spec: dict[str, Any],
     lines += ["", "Probe / kNN top-1 %, mean ± sample std over seeds. Differences are probe / kNN "
               "points, with the spread rule's verdict in brackets (the report's rule: beyond the "
               "spread when the difference of means exceeds twice the larger std)."]
-    lines += ([LENT_NOTE] if any(LENT in line for line in lines) else []) + [""]
+    lines += lent_note(lines) + [""]
     tables = results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     paths = [tables / f"compare-{name}.csv", tables / f"compare-{name}.md"]

@@ -17,7 +17,7 @@ from .config import ConfigError
 from .figures import summary_figure, sweep_figure
 from .provenance import write_text_atomic
 from .runfolders import collect_runs, remove_others
-from .tally import (LENT, LENT_NOTE, SPREAD_RULE, beyond_spread, cell, compare_with_default, lent,
+from .tally import (SPREAD_RULE, beyond_spread, cell, compare_with_default, lent, lent_note,
                     signed, sweep_rows)
 
 __all__ = ["SPREAD_RULE", "beyond_spread", "report"]
@@ -182,7 +182,7 @@ def _write_tables(results, stem, spec, tier, dataset, rows, run_rows) -> list[Pa
                  "the same way, without pre-training." if baseline else "")
               + " Minutes: wall-clock minutes of pre-training / CPU-minutes of the whole point "
                 "(pre-training and evaluation, mean over the seeds that recorded it).",
-              *([LENT_NOTE] if any(LENT in line for line in lines) else []),
+              *lent_note(lines),
               f"Paper: {spec['paper_source'].strip().rstrip('.')}.",
               f"Runs: {len(all_runs)} (per-run provenance in `{runs_path.name}`), "
               f"commits {', '.join(commits)}; {'; '.join(devices)}.", ""]

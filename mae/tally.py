@@ -27,6 +27,11 @@ def lent(seeds: int, verdicts) -> str:
     return LENT if seeds == 1 and any(v is not None for v in verdicts) else ""
 
 
+def lent_note(lines) -> list[str]:
+    """`LENT_NOTE`, as a list of one line, where some line of a table carries `LENT`; else []."""
+    return [LENT_NOTE] if any(LENT in line for line in lines) else []
+
+
 def spread_bar(stat, seeds: int, ref, ref_seeds: int) -> float | None:
     """How far apart two means must be to differ beyond the spread (`SPREAD_RULE`): twice the
     larger std. None where the rule cannot be applied."""
